@@ -1,0 +1,15 @@
+//! Gastown's control plane: the town (state, events, reconciler, tick).
+//!
+//! Everything here is deterministic given a clock and a seed: time comes from
+//! [`time::Clock`], ids from a seeded [`ids::IdGen`], and no code path reads
+//! the OS clock or entropy (see `clippy.toml`).
+
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod store;
+pub mod time;
+pub mod town;
+
+pub use error::{Result, TownError};
+pub use town::Town;

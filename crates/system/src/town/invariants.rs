@@ -1,0 +1,319 @@
+//! Invariants over the town's own state: the checks upstream runs every tick,
+//! and the oracles of DESIGN.md §5 that need nothing but the town database
+//! (the simulator adds the forge- and container-side ones).
+
+use super::actions::Action;
+use super::reconciler::constants::{
+    DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, MAX_LANDING_MR_ATTEMPTS,
+    ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS,
+};
+use super::snapshot::TownSnapshot;
+use super::state;
+use super::tick::TickReport;
+use crate::error::Result;
+use crate::model::{AgentStatus, BeadStatus, RigSettings, TownConfig};
+use crate::time::Timestamp;
+use rusqlite::Connection;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+fn v(invariant: &'static str, detail: impl Into<String>) -> Violation {
+    Violation { invariant, detail: detail.into() }
+}
+
+/// Run a query whose rows are violations, described by its first column.
+fn rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<String>> {
+    let mut st = conn.prepare_cached(sql)?;
+    let r = st.query_map(params, |r| r.get::<_, String>(0))?;
+    Ok(r.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Upstream's per-tick checks (#7, #5, #3, #6, #4), with #3 counting only
+/// MRs without a PR (upstream also counted PRs being polled) and #4 limited
+/// to issues that have had time for the safety net.
+pub fn upstream_checks(conn: &Connection) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (label, sql) in [
+        ("[7] working agent without hook", "SELECT bead_id FROM agent_metadata WHERE status = 'working' AND current_hook_bead_id IS NULL AND role != 'mayor'"),
+        ("[5] convoy in unknown state", "SELECT bead_id FROM beads WHERE type = 'convoy' AND status NOT IN ('open', 'in_progress', 'in_review', 'closed', 'failed')"),
+        ("[3] several direct reviews in progress in one rig", "SELECT b.rig_id FROM beads b JOIN review_metadata r ON r.bead_id = b.bead_id WHERE b.type = 'merge_request' AND b.status = 'in_progress' AND r.pr_url IS NULL AND b.rig_id IS NOT NULL GROUP BY b.rig_id HAVING COUNT(*) > 1"),
+        ("[6] several agents hooked to one bead", "SELECT current_hook_bead_id FROM agent_metadata WHERE current_hook_bead_id IS NOT NULL GROUP BY current_hook_bead_id HAVING COUNT(*) > 1"),
+    ] {
+        for id in rows(conn, sql, [])? {
+            out.push(format!("{label}: {id}"));
+        }
+    }
+    Ok(out)
+}
+
+/// The stateful oracle: remembers what it saw so it can check properties over
+/// time (terminal states stay final, events apply once, quiet escalations).
+#[derive(Debug, Default)]
+pub struct Checker {
+    last_check: Option<Timestamp>,
+    applied_events: BTreeSet<String>,
+    terminal_escalations: BTreeMap<String, (String, u32)>,
+}
+
+impl Checker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed a tick's report: events must apply at most once.
+    pub fn observe_tick(&mut self, report: &TickReport) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for id in &report.events.applied {
+            if !self.applied_events.insert(id.clone()) {
+                out.push(v("events_applied_once", format!("event {id} applied twice")));
+            }
+        }
+        out
+    }
+
+    /// Check the town database at `now`.
+    pub fn check(&mut self, conn: &Connection, config: &TownConfig, now: Timestamp) -> Result<Vec<Violation>> {
+        let mut out = Vec::new();
+        let since = self.last_check.unwrap_or(Timestamp(i64::MIN));
+        self.check_hooks(conn, &mut out)?;
+        self.check_reviews(conn, config, now, &mut out)?;
+        self.check_convoys(conn, &mut out)?;
+        self.check_transitions(conn, since, &mut out)?;
+        self.check_events(conn, &mut out)?;
+        self.check_escalations(conn, &mut out)?;
+        self.check_dispatch_bounds(conn, config, &mut out)?;
+        self.last_check = Some(now);
+        Ok(out)
+    }
+
+    fn check_hooks(&self, conn: &Connection, out: &mut Vec<Violation>) -> Result<()> {
+        for id in rows(conn, "SELECT current_hook_bead_id FROM agent_metadata WHERE current_hook_bead_id IS NOT NULL GROUP BY current_hook_bead_id HAVING COUNT(*) > 1", [])? {
+            out.push(v("one_agent_per_hook", format!("bead {id} has several agents hooked")));
+        }
+        for id in rows(conn, "SELECT bead_id FROM agent_metadata WHERE status = 'working' AND current_hook_bead_id IS NULL AND role != 'mayor'", [])? {
+            out.push(v("working_agent_has_hook", format!("agent {id} is working with no hook")));
+        }
+        Ok(())
+    }
+
+    fn check_reviews(&self, conn: &Connection, config: &TownConfig, now: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
+        for rig in rows(conn, "SELECT b.rig_id FROM beads b JOIN review_metadata r ON r.bead_id = b.bead_id WHERE b.type = 'merge_request' AND b.status = 'in_progress' AND r.pr_url IS NULL AND b.rig_id IS NOT NULL GROUP BY b.rig_id HAVING COUNT(*) > 1", [])? {
+            out.push(v("one_direct_review_per_rig", format!("rig {rig} has several URL-less MRs in progress")));
+        }
+        // Rule 4 repairs this within its window plus one idle-cadence tick.
+        let grace = ORPHANED_SOURCE_TIMEOUT_MS + state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
+        for id in rows(
+            conn,
+            "SELECT s.bead_id FROM beads s WHERE s.type = 'issue' AND s.status = 'in_review' AND s.updated_at < ?1 \
+             AND NOT EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
+               WHERE d.depends_on_bead_id = s.bead_id AND d.dependency_type = 'tracks' AND m.type = 'merge_request' \
+               AND m.status IN ('open', 'in_progress'))",
+            [now.minus_ms(grace).0],
+        )? {
+            out.push(v("in_review_has_live_mr", format!("issue {id} is in review with no live MR")));
+        }
+        for mr in rows(
+            conn,
+            "SELECT m.bead_id FROM beads m JOIN bead_dependencies d ON d.bead_id = m.bead_id AND d.dependency_type = 'tracks' \
+             JOIN beads s ON s.bead_id = d.depends_on_bead_id WHERE m.type = 'merge_request' AND \
+             (s.labels LIKE '%\"gt:rework\"%' OR s.labels LIKE '%\"gt:pr-feedback\"%' OR s.labels LIKE '%\"gt:pr-fixup\"%' OR s.labels LIKE '%\"gt:pr-conflict\"%')",
+            [],
+        )? {
+            out.push(v("fix_beads_never_reviewed", format!("MR {mr} reviews a fix-up bead")));
+        }
+        for mr in rows(
+            conn,
+            "SELECT d.bead_id FROM bead_dependencies d JOIN beads f ON f.bead_id = d.depends_on_bead_id \
+             JOIN beads m ON m.bead_id = d.bead_id WHERE d.dependency_type = 'blocks' AND m.type = 'merge_request' \
+             AND f.status IN ('open', 'in_progress', 'in_review') AND f.labels LIKE '%\"gt:pr-feedback\"%' \
+             GROUP BY d.bead_id HAVING COUNT(*) > 1",
+            [],
+        )? {
+            out.push(v("one_live_feedback_bead", format!("MR {mr} has several live feedback beads")));
+        }
+        let settings = rig_settings(conn, config)?;
+        let mut st = conn.prepare_cached(
+            "SELECT m.bead_id, m.rig_id, m.status, r.pr_url, COALESCE(m.created_by, ''), \
+             (SELECT COUNT(*) FROM agent_metadata a WHERE a.current_hook_bead_id = m.bead_id AND a.role = 'refinery'), \
+             COALESCE((SELECT c.merge_mode FROM convoy_metadata c WHERE c.bead_id = r.convoy_id), '') \
+             FROM beads m JOIN review_metadata r ON r.bead_id = m.bead_id \
+             WHERE m.type = 'merge_request' AND m.status IN ('open', 'in_progress') AND r.babysit = 0",
+        )?;
+        type Row = (String, Option<String>, BeadStatus, Option<String>, String, u32, String);
+        let live: Vec<Row> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (mr, rig, status, pr_url, created_by, refineries, mode) in live {
+            let review_off = rig.as_deref().and_then(|r| settings.get(r)).is_some_and(|s| !s.code_review);
+            let exempt = created_by == "system" || mode == "review-and-merge";
+            if !review_off || exempt {
+                continue;
+            }
+            if refineries > 0 {
+                out.push(v("no_refinery_when_review_off", format!("refinery hooked to MR {mr} although review is off")));
+            }
+            if status == BeadStatus::InProgress && pr_url.is_none() {
+                out.push(v("no_refinery_when_review_off", format!("MR {mr} is in progress without a PR although review is off")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_convoys(&self, conn: &Connection, out: &mut Vec<Violation>) -> Result<()> {
+        for c in rows(
+            conn,
+            "SELECT d.depends_on_bead_id FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
+             JOIN convoy_metadata c ON c.bead_id = d.depends_on_bead_id \
+             WHERE d.dependency_type = 'tracks' AND m.type = 'merge_request' AND m.status IN ('open', 'in_progress') \
+             GROUP BY d.depends_on_bead_id HAVING COUNT(*) > 1",
+            [],
+        )? {
+            out.push(v("one_live_landing_mr", format!("convoy {c} has several live landing MRs")));
+        }
+        for c in rows(conn, "SELECT bead_id FROM convoy_metadata WHERE landing_mr_attempts > ?1", [MAX_LANDING_MR_ATTEMPTS])? {
+            out.push(v("landing_attempts_bounded", format!("convoy {c} made more than {MAX_LANDING_MR_ATTEMPTS} landing attempts")));
+        }
+        Ok(())
+    }
+
+    /// Status changes since the last check: nothing leaves a terminal state;
+    /// an issue closes only through a merge or an explicit close.
+    fn check_transitions(&self, conn: &Connection, since: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
+        let mut st = conn.prepare_cached(
+            "SELECT e.bead_id, e.old_value, e.new_value, COALESCE(json_extract(e.metadata, '$.cause'), ''), COALESCE(b.type, ''), \
+             EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
+               WHERE d.depends_on_bead_id = e.bead_id AND d.dependency_type = 'tracks' AND m.type = 'merge_request' AND m.status = 'closed') \
+             FROM bead_events e LEFT JOIN beads b ON b.bead_id = e.bead_id \
+             WHERE e.event_type = 'status_changed' AND e.created_at >= ?1",
+        )?;
+        type Row = (String, Option<String>, Option<String>, String, String, bool);
+        let changes: Vec<Row> = st
+            .query_map([since.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (bead, old, new, cause, ty, has_merged_mr) in changes {
+            if matches!(old.as_deref(), Some("closed" | "failed")) {
+                let (o, n) = (old.as_deref().unwrap_or_default(), new.as_deref().unwrap_or_default());
+                out.push(v("terminal_is_final", format!("bead {bead} left {o} for {n}")));
+            }
+            let explicit = matches!(cause.as_str(), "user" | "fixup_done" | "convoy_force_closed" | "merged");
+            if ty == "issue" && new.as_deref() == Some("closed") && !explicit && !has_merged_mr {
+                out.push(v("closed_issue_has_merge", format!("issue {bead} closed ({cause}) without a merge or explicit close")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_events(&self, conn: &Connection, out: &mut Vec<Violation>) -> Result<()> {
+        for id in rows(conn, "SELECT event_id FROM town_events WHERE event_type = 'container_status' AND json_extract(payload, '$.status') = 'running'", [])? {
+            out.push(v("no_running_status_events", format!("event {id} records a running container")));
+        }
+        for agent in rows(
+            conn,
+            "SELECT agent_id FROM town_events WHERE event_type = 'container_status' AND processed_at IS NULL \
+             GROUP BY agent_id, json_extract(payload, '$.status') HAVING COUNT(*) > 1",
+            [],
+        )? {
+            out.push(v("no_running_status_events", format!("agent {agent} has duplicate pending container_status events")));
+        }
+        Ok(())
+    }
+
+    fn check_escalations(&mut self, conn: &Connection, out: &mut Vec<Violation>) -> Result<()> {
+        let mut st = conn.prepare_cached(
+            "SELECT e.bead_id, e.severity, e.re_escalation_count FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id \
+             WHERE b.status IN ('closed', 'failed')",
+        )?;
+        let now: Vec<(String, String, u32)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+        for (id, sev, count) in now {
+            match self.terminal_escalations.get(&id) {
+                Some((s, c)) if *s != sev || *c != count => {
+                    out.push(v("terminal_escalations_quiet", format!("escalation {id} changed after it ended")));
+                }
+                Some(_) => {}
+                None => {
+                    self.terminal_escalations.insert(id, (sev, count));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dispatch_bounds(&self, conn: &Connection, config: &TownConfig, out: &mut Vec<Violation>) -> Result<()> {
+        let settings = rig_settings(conn, config)?;
+        let mut st = conn.prepare_cached(
+            "SELECT bead_id, rig_id, dispatch_attempts FROM beads WHERE dispatch_attempts > ?1 AND type IN ('issue', 'merge_request')",
+        )?;
+        let over: Vec<(String, Option<String>, u32)> =
+            st.query_map([DEFAULT_MAX_DISPATCH_ATTEMPTS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+        for (bead, rig, n) in over {
+            let cap = rig.as_deref().and_then(|r| settings.get(r)).map_or(DEFAULT_MAX_DISPATCH_ATTEMPTS, |s| s.max_dispatch_attempts);
+            if n > cap.max(DEFAULT_MAX_DISPATCH_ATTEMPTS) {
+                out.push(v("dispatch_bounded", format!("bead {bead} was dispatched {n} times (cap {cap})")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rig_settings(conn: &Connection, config: &TownConfig) -> Result<BTreeMap<String, RigSettings>> {
+    Ok(state::list_rigs(conn)?
+        .into_iter()
+        .map(|r| (r.id, RigSettings::resolve(config, &r.config, DEFAULT_MAX_DISPATCH_ATTEMPTS)))
+        .collect())
+}
+
+/// Oracles over one reconcile pass: what the reconciler asked for, judged
+/// against the snapshot it saw.
+pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for a in actions {
+        match a {
+            Action::SendNudge { agent_id, .. }
+            | Action::CreateTriageRequest { agent_id, .. }
+            | Action::TransitionAgent { agent_id, to: AgentStatus::Stalled, .. } => {
+                let Some(agent) = s.agents.iter().find(|x| &x.id == agent_id) else { continue };
+                if agent.last_dispatched_at.is_some_and(|d| s.now.since(d) <= GUPP_WARN_MS) {
+                    out.push(v("gupp_grace_after_dispatch", format!("GUPP acted on {agent_id} within 15 min of its dispatch")));
+                }
+                match agent.last_event_at.or(agent.last_activity_at) {
+                    Some(t) if t <= s.now => {}
+                    _ => out.push(v("gupp_needs_valid_activity", format!("GUPP acted on {agent_id} without a valid activity time"))),
+                }
+            }
+            Action::TransitionBead { bead_id, to: BeadStatus::Failed, reason, .. } if reason == "PR review orphaned" => {
+                let polled = s.reviews.get(bead_id).and_then(|r| r.last_poll_at);
+                if polled.is_some_and(|t| s.now.since(t) <= ORPHANED_PR_REVIEW_TIMEOUT_MS) {
+                    out.push(v("polled_mr_not_orphaned", format!("MR {bead_id} failed as orphaned although polled recently")));
+                }
+            }
+            Action::DispatchAgent { bead_id, .. } => {
+                let Some(b) = s.bead(bead_id) else { continue };
+                let cap = s.rig_max_attempts(b.rig_id.as_deref()).max(DEFAULT_MAX_DISPATCH_ATTEMPTS);
+                if b.dispatch_attempts >= cap {
+                    out.push(v("dispatch_bounded", format!("dispatch of {bead_id} at {} attempts", b.dispatch_attempts)));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The alarm may only move later at the end of a tick: any other call that
+/// pushed it later postponed the reconciler (bug h).
+pub fn alarm_postponed(before: Option<Timestamp>, after: Option<Timestamp>, now: Timestamp) -> Option<Violation> {
+    match (before, after) {
+        (Some(b), Some(a)) if b >= now && a > b => {
+            Some(v("alarm_never_postponed", format!("alarm moved from {b} to {a} outside a tick")))
+        }
+        (Some(b), None) if b >= now => Some(v("alarm_never_postponed", "alarm cleared outside a tick")),
+        _ => None,
+    }
+}
