@@ -125,10 +125,9 @@ const MAX_DELAY_MINUTES: u32 = 7 * 24 * 60;
 
 fn check_delay(delay: Option<u32>, key: &str) -> Result<()> {
     match delay {
-        Some(d) if d > MAX_DELAY_MINUTES => Err(TownError::invalid(
-            "config",
-            format!("{key} = {d} is out of range (0..={MAX_DELAY_MINUTES})"),
-        )),
+        Some(d) if d > MAX_DELAY_MINUTES => {
+            Err(TownError::invalid("config", format!("{key} = {d} is out of range (0..={MAX_DELAY_MINUTES})")))
+        }
         _ => Ok(()),
     }
 }
@@ -210,9 +209,7 @@ impl RigSettings {
             review_mode: rig.review_mode.unwrap_or(r.review_mode),
             code_review: rig.code_review.unwrap_or(r.code_review),
             auto_resolve_pr_feedback: rig.auto_resolve_pr_feedback.unwrap_or(r.auto_resolve_pr_feedback),
-            auto_resolve_merge_conflicts: rig
-                .auto_resolve_merge_conflicts
-                .unwrap_or(r.auto_resolve_merge_conflicts),
+            auto_resolve_merge_conflicts: rig.auto_resolve_merge_conflicts.unwrap_or(r.auto_resolve_merge_conflicts),
             auto_merge: r.auto_merge,
             auto_merge_delay_minutes: match rig.auto_merge_delay_minutes {
                 Some(v) => v,

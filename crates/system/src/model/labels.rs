@@ -73,7 +73,8 @@ impl LabelSet {
     }
     /// Fix-up work that `gt_done` closes directly instead of opening a new review.
     pub const fn is_fixup_work(self) -> bool {
-        self.0 & (Label::Rework as u16 | Label::PrFeedback as u16 | Label::PrConflict as u16 | Label::PrFixup as u16) != 0
+        self.0 & (Label::Rework as u16 | Label::PrFeedback as u16 | Label::PrConflict as u16 | Label::PrFixup as u16)
+            != 0
     }
 }
 

@@ -33,9 +33,16 @@ impl PrUrl {
         if parts.iter().any(|p| p.is_empty()) {
             return Err(bad("empty path segment"));
         }
-        let number = |s: &str| s.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| bad("PR number is not a positive integer"));
+        let number = |s: &str| {
+            s.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| bad("PR number is not a positive integer"))
+        };
         if let [owner, repo, "pull", n] = parts.as_slice() {
-            return Ok(PrUrl { provider: Provider::GitHub, host: host.into(), repo: format!("{owner}/{repo}"), number: number(n)? });
+            return Ok(PrUrl {
+                provider: Provider::GitHub,
+                host: host.into(),
+                repo: format!("{owner}/{repo}"),
+                number: number(n)?,
+            });
         }
         if parts.len() >= 4 && parts[parts.len() - 2] == "merge_requests" && parts[parts.len() - 3] == "-" {
             return Ok(PrUrl {

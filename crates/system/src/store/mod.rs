@@ -50,10 +50,7 @@ pub fn migrate(conn: &Connection) -> Result<()> {
 const MIGRATION_COUNT: i64 = schema::MIGRATIONS.len() as i64;
 
 pub fn get_setting(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?)
+    Ok(conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?)
 }
 
 pub fn put_setting(conn: &Connection, key: &str, value: &str) -> Result<()> {

@@ -23,28 +23,94 @@ pub type Reason = Cow<'static, str>;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
-    TransitionBead { bead_id: String, from: Option<BeadStatus>, to: BeadStatus, reason: Reason },
-    ClearBeadAssignee { bead_id: String },
-    CreateLandingMr { convoy_id: String, rig_id: String, feature_branch: String, target_branch: String },
-    TransitionAgent { agent_id: String, from: AgentStatus, to: AgentStatus, reason: Reason },
-    ResetAgentDispatchAttempts { agent_id: String },
-    HookAgent { agent_id: String, bead_id: String },
-    UnhookAgent { agent_id: String, reason: Reason },
-    ClearAgentCheckpoint { agent_id: String },
-    DeleteAgent { agent_id: String, reason: Reason },
-    UpdateConvoyProgress { convoy_id: String, closed_beads: u32 },
-    SetConvoyReadyToLand { convoy_id: String },
-    CloseConvoy { convoy_id: String },
-    FailConvoy { convoy_id: String, reason: Reason },
+    TransitionBead {
+        bead_id: String,
+        from: Option<BeadStatus>,
+        to: BeadStatus,
+        reason: Reason,
+    },
+    ClearBeadAssignee {
+        bead_id: String,
+    },
+    CreateLandingMr {
+        convoy_id: String,
+        rig_id: String,
+        feature_branch: String,
+        target_branch: String,
+    },
+    TransitionAgent {
+        agent_id: String,
+        from: AgentStatus,
+        to: AgentStatus,
+        reason: Reason,
+    },
+    ResetAgentDispatchAttempts {
+        agent_id: String,
+    },
+    HookAgent {
+        agent_id: String,
+        bead_id: String,
+    },
+    UnhookAgent {
+        agent_id: String,
+        reason: Reason,
+    },
+    ClearAgentCheckpoint {
+        agent_id: String,
+    },
+    DeleteAgent {
+        agent_id: String,
+        reason: Reason,
+    },
+    UpdateConvoyProgress {
+        convoy_id: String,
+        closed_beads: u32,
+    },
+    SetConvoyReadyToLand {
+        convoy_id: String,
+    },
+    CloseConvoy {
+        convoy_id: String,
+    },
+    FailConvoy {
+        convoy_id: String,
+        reason: Reason,
+    },
     /// `agent_id: None` resolves the agent at apply time (reuse or create, then hook).
-    DispatchAgent { agent_id: Option<String>, bead_id: String, rig_id: String },
-    StopAgent { agent_id: String, reason: Reason },
-    PollPr { bead_id: String, pr_url: String },
-    MergePr { bead_id: String, pr_url: String },
-    SendNudge { agent_id: String, message: Reason, tier: NudgeTier },
-    CreateTriageRequest { agent_id: String, triage_type: TriageType, reason: Reason },
-    NotifyMayor { message: String },
-    EmitEvent { event_name: &'static str, data: Value },
+    DispatchAgent {
+        agent_id: Option<String>,
+        bead_id: String,
+        rig_id: String,
+    },
+    StopAgent {
+        agent_id: String,
+        reason: Reason,
+    },
+    PollPr {
+        bead_id: String,
+        pr_url: String,
+    },
+    MergePr {
+        bead_id: String,
+        pr_url: String,
+    },
+    SendNudge {
+        agent_id: String,
+        message: Reason,
+        tier: NudgeTier,
+    },
+    CreateTriageRequest {
+        agent_id: String,
+        triage_type: TriageType,
+        reason: Reason,
+    },
+    NotifyMayor {
+        message: String,
+    },
+    EmitEvent {
+        event_name: &'static str,
+        data: Value,
+    },
 }
 
 impl Action {
@@ -159,7 +225,9 @@ pub fn apply(cx: &mut Ctx<'_>, town_id: &str, action: &Action) -> Result<Option<
             Ok(None)
         }
         Action::SetConvoyReadyToLand { convoy_id } => {
-            cx.conn.prepare_cached("UPDATE convoy_metadata SET ready_to_land = 1 WHERE bead_id = ?1")?.execute([convoy_id])?;
+            cx.conn
+                .prepare_cached("UPDATE convoy_metadata SET ready_to_land = 1 WHERE bead_id = ?1")?
+                .execute([convoy_id])?;
             beads::touch(cx, convoy_id)?;
             Ok(None)
         }
@@ -177,7 +245,9 @@ pub fn apply(cx: &mut Ctx<'_>, town_id: &str, action: &Action) -> Result<Option<
             beads::set_meta(cx, convoy_id, "failureMessage", &json!(reason))?;
             Ok(None)
         }
-        Action::DispatchAgent { agent_id, bead_id, rig_id } => apply_dispatch(cx, town_id, agent_id.as_deref(), bead_id, rig_id),
+        Action::DispatchAgent { agent_id, bead_id, rig_id } => {
+            apply_dispatch(cx, town_id, agent_id.as_deref(), bead_id, rig_id)
+        }
         Action::StopAgent { agent_id, reason } => {
             Ok(Some(Effect::StopAgent { agent_id: agent_id.clone(), reason: reason.to_string() }))
         }
@@ -237,7 +307,13 @@ pub fn apply(cx: &mut Ctx<'_>, town_id: &str, action: &Action) -> Result<Option<
 /// is still hooked to this bead: an earlier action of the same pass may have
 /// unhooked it, and dispatching it anyway would leave a working agent without
 /// a hook.
-fn apply_dispatch(cx: &mut Ctx<'_>, town_id: &str, agent: Option<&str>, bead_id: &str, rig_id: &str) -> Result<Option<Effect>> {
+fn apply_dispatch(
+    cx: &mut Ctx<'_>,
+    town_id: &str,
+    agent: Option<&str>,
+    bead_id: &str,
+    rig_id: &str,
+) -> Result<Option<Effect>> {
     let bead = beads::get(cx, bead_id)?;
     let agent_id = match agent {
         Some(a) => {

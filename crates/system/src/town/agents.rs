@@ -92,8 +92,8 @@ pub fn mayor(cx: &Ctx<'_>) -> Result<Option<Agent>> {
 }
 
 pub const POLECAT_NAMES: [&str; 20] = [
-    "Toast", "Maple", "Birch", "Shadow", "Clover", "Ember", "Sage", "Dusk", "Flint", "Coral", "Slate", "Reed",
-    "Thorn", "Pike", "Moss", "Wren", "Blaze", "Gale", "Drift", "Lark",
+    "Toast", "Maple", "Birch", "Shadow", "Clover", "Ember", "Sage", "Dusk", "Flint", "Coral", "Slate", "Reed", "Thorn",
+    "Pike", "Moss", "Wren", "Blaze", "Gale", "Drift", "Lark",
 ];
 
 fn next_polecat_name(cx: &Ctx<'_>) -> Result<String> {
@@ -252,15 +252,19 @@ pub struct Watermark {
     pub active_tools: Option<Vec<String>>,
 }
 
-/// A heartbeat: proves the process lives. Bumps activity, revives `idle` to
-/// `working`, zeroes the agent's dispatch counter, records the watermark.
+/// A heartbeat: proves the process lives. Bumps activity, revives a hooked
+/// `idle` agent to `working` (a timeout race may have idled a live session),
+/// zeroes the agent's dispatch counter, records the watermark. An unhooked
+/// idle agent stays idle: upstream flipped it to `working` and let A1 flip it
+/// back, leaving a working agent without a hook between ticks.
 pub fn touch(cx: &Ctx<'_>, agent_id: &str, wm: &Watermark) -> Result<()> {
     let tools = wm.active_tools.as_ref().map(serde_json::to_string).transpose()?;
     let n = cx
         .conn
         .prepare_cached(
             "UPDATE agent_metadata SET last_activity_at = ?2, \
-             status = CASE WHEN status = 'idle' THEN 'working' ELSE status END, dispatch_attempts = 0, \
+             status = CASE WHEN status = 'idle' AND current_hook_bead_id IS NOT NULL THEN 'working' ELSE status END, \
+             dispatch_attempts = 0, \
              last_event_type = COALESCE(?3, last_event_type), last_event_at = COALESCE(?4, last_event_at), \
              active_tools = COALESCE(?5, active_tools) WHERE bead_id = ?1",
         )?
@@ -275,7 +279,9 @@ pub fn touch(cx: &Ctx<'_>, agent_id: &str, wm: &Watermark) -> Result<()> {
 /// retry count) so the bead is eligible again on the next tick.
 pub fn reset_dispatch_attempts(cx: &Ctx<'_>, agent_id: &str) -> Result<()> {
     let agent = get(cx, agent_id)?;
-    cx.conn.prepare_cached("UPDATE agent_metadata SET dispatch_attempts = 0 WHERE bead_id = ?1")?.execute([agent_id])?;
+    cx.conn
+        .prepare_cached("UPDATE agent_metadata SET dispatch_attempts = 0 WHERE bead_id = ?1")?
+        .execute([agent_id])?;
     if let Some(h) = agent.current_hook_bead_id {
         cx.conn
             .prepare_cached(
@@ -305,7 +311,9 @@ pub fn reset(cx: &mut Ctx<'_>, agent_id: &str) -> Result<()> {
     }
     unhook(cx, agent_id, "agent_reset")?;
     cx.conn
-        .prepare_cached("UPDATE agent_metadata SET status = 'idle', stalled_at = NULL, dispatch_attempts = 0 WHERE bead_id = ?1")?
+        .prepare_cached(
+            "UPDATE agent_metadata SET status = 'idle', stalled_at = NULL, dispatch_attempts = 0 WHERE bead_id = ?1",
+        )?
         .execute([agent_id])?;
     Ok(())
 }

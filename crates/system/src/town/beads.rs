@@ -265,9 +265,7 @@ pub fn update_status_because(
 }
 
 pub fn touch(cx: &Ctx<'_>, id: &str) -> Result<()> {
-    cx.conn
-        .prepare_cached("UPDATE beads SET updated_at = ?2 WHERE bead_id = ?1")?
-        .execute(params![id, cx.now.0])?;
+    cx.conn.prepare_cached("UPDATE beads SET updated_at = ?2 WHERE bead_id = ?1")?.execute(params![id, cx.now.0])?;
     Ok(())
 }
 
@@ -291,9 +289,11 @@ pub fn set_meta(cx: &Ctx<'_>, id: &str, key: &str, value: &Value) -> Result<()> 
 pub fn remove_label(cx: &Ctx<'_>, id: &str, label: &str) -> Result<()> {
     let b = find(cx, id)?.ok_or_else(|| TownError::not_found("Bead", id))?;
     let labels: Vec<&String> = b.labels.iter().filter(|l| l.as_str() != label).collect();
-    cx.conn
-        .prepare_cached("UPDATE beads SET labels = ?2, updated_at = ?3 WHERE bead_id = ?1")?
-        .execute(params![id, serde_json::to_string(&labels)?, cx.now.0])?;
+    cx.conn.prepare_cached("UPDATE beads SET labels = ?2, updated_at = ?3 WHERE bead_id = ?1")?.execute(params![
+        id,
+        serde_json::to_string(&labels)?,
+        cx.now.0
+    ])?;
     Ok(())
 }
 

@@ -265,22 +265,26 @@ pub fn close(cx: &mut Ctx<'_>, convoy: &str) -> Result<()> {
     }
     beads::update_status_because(cx, convoy, BeadStatus::Closed, "system", None, CloseCause::ConvoyForceClosed)?;
     cx.conn
-        .prepare_cached("UPDATE convoy_metadata SET closed_beads = ?2, landed_at = COALESCE(landed_at, ?3) WHERE bead_id = ?1")?
+        .prepare_cached(
+            "UPDATE convoy_metadata SET closed_beads = ?2, landed_at = COALESCE(landed_at, ?3) WHERE bead_id = ?1",
+        )?
         .execute(params![convoy, m.total_beads, cx.now.0])?;
     Ok(())
 }
 
 /// Count tracked issues that are done: terminal, with no live MR tracking them.
 fn count_done(cx: &Ctx<'_>, convoy: &str) -> Result<u32> {
-    Ok(cx.conn.prepare_cached(
-        "SELECT COUNT(*) FROM bead_dependencies d JOIN beads t ON t.bead_id = d.bead_id \
+    Ok(cx
+        .conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM bead_dependencies d JOIN beads t ON t.bead_id = d.bead_id \
          WHERE d.depends_on_bead_id = ?1 AND d.dependency_type = 'tracks' AND t.type = 'issue' \
          AND t.status IN ('closed', 'failed') AND NOT EXISTS ( \
             SELECT 1 FROM bead_dependencies m JOIN beads mr ON mr.bead_id = m.bead_id \
             WHERE m.depends_on_bead_id = t.bead_id AND m.dependency_type = 'tracks' \
             AND mr.type = 'merge_request' AND mr.status IN ('open', 'in_progress'))",
-    )?
-    .query_row([convoy], |r| r.get(0))?)
+        )?
+        .query_row([convoy], |r| r.get(0))?)
 }
 
 /// Progress accounting on every terminal transition of a tracked bead. When
@@ -304,7 +308,9 @@ pub fn recount(cx: &mut Ctx<'_>, convoy: &str) -> Result<()> {
     }
     if m.merge_mode == MergeMode::ReviewThenLand && m.feature_branch.is_some() {
         if !m.ready_to_land {
-            cx.conn.prepare_cached("UPDATE convoy_metadata SET ready_to_land = 1 WHERE bead_id = ?1")?.execute([convoy])?;
+            cx.conn
+                .prepare_cached("UPDATE convoy_metadata SET ready_to_land = 1 WHERE bead_id = ?1")?
+                .execute([convoy])?;
             beads::touch(cx, convoy)?;
         }
     } else if beads::update_status_because(cx, convoy, BeadStatus::Closed, "system", None, CloseCause::Other)? {
@@ -335,11 +341,17 @@ mod tests {
 
     #[test]
     fn feature_branch_slug() {
-        assert_eq!(feature_branch_name("Fix the  Login-Flow!", "abcdef1234"), "convoy/fix-the-login-flow/abcdef12/head");
+        assert_eq!(
+            feature_branch_name("Fix the  Login-Flow!", "abcdef1234"),
+            "convoy/fix-the-login-flow/abcdef12/head"
+        );
         assert_eq!(feature_branch_name("!!!", "abcdef1234"), "convoy/convoy/abcdef12/head");
         let long = feature_branch_name(&"a".repeat(60), "abcdef1234");
         assert_eq!(long, format!("convoy/{}/abcdef12/head", "a".repeat(40)));
-        assert_eq!(feature_branch_name(&format!("{}-b", "a".repeat(39)), "abcdef12"), format!("convoy/{}/abcdef12/head", "a".repeat(39)));
+        assert_eq!(
+            feature_branch_name(&format!("{}-b", "a".repeat(39)), "abcdef12"),
+            format!("convoy/{}/abcdef12/head", "a".repeat(39))
+        );
     }
 
     #[test]

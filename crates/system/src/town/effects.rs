@@ -50,9 +50,20 @@ pub struct StartAgent {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
-    AgentStart { agent_id: String, bead_id: String, started: bool, error: Option<String> },
-    NudgeDelivery { nudge_id: String, delivered: bool },
-    MayorMessage { about_bead: Option<String>, delivered: bool },
+    AgentStart {
+        agent_id: String,
+        bead_id: String,
+        started: bool,
+        error: Option<String>,
+    },
+    NudgeDelivery {
+        nudge_id: String,
+        delivered: bool,
+    },
+    MayorMessage {
+        about_bead: Option<String>,
+        delivered: bool,
+    },
     /// Effects that report nothing back (stop, analytics) or were not run.
     Done,
 }

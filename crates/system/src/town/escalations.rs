@@ -182,7 +182,11 @@ pub struct EscalationState {
 pub fn state(cx: &Ctx<'_>, id: &str) -> Result<Option<EscalationState>> {
     Ok(cx
         .conn
-        .prepare_cached("SELECT severity, acknowledged, re_escalation_count FROM escalation_metadata WHERE bead_id = ?1")?
-        .query_row([id], |r| Ok(EscalationState { severity: r.get(0)?, acknowledged: r.get(1)?, re_escalation_count: r.get(2)? }))
+        .prepare_cached(
+            "SELECT severity, acknowledged, re_escalation_count FROM escalation_metadata WHERE bead_id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(EscalationState { severity: r.get(0)?, acknowledged: r.get(1)?, re_escalation_count: r.get(2)? })
+        })
         .optional()?)
 }

@@ -31,7 +31,13 @@ pub struct TownEvent {
     pub processed_at: Option<Timestamp>,
 }
 
-pub fn record(cx: &mut Ctx<'_>, ty: EventType, agent: Option<&str>, bead: Option<&str>, payload: Value) -> Result<String> {
+pub fn record(
+    cx: &mut Ctx<'_>,
+    ty: EventType,
+    agent: Option<&str>,
+    bead: Option<&str>,
+    payload: Value,
+) -> Result<String> {
     let id = cx.new_id();
     cx.conn
         .prepare_cached(
@@ -204,14 +210,23 @@ pub fn apply(cx: &mut Ctx<'_>, cfg: &TownConfig, ev: &TownEvent) -> Result<()> {
         EventType::AgentCompleted => {
             let agent = need(&ev.agent_id, "agent", ev)?;
             let p: Completed = payload(ev)?;
-            let status = if p.status.as_deref() == Some("completed") { ExitStatus::Completed } else { ExitStatus::Failed };
+            let status =
+                if p.status.as_deref() == Some("completed") { ExitStatus::Completed } else { ExitStatus::Failed };
             review::agent_completed(cx, agent, status, p.reason.as_deref(), ev.created_at)
         }
         EventType::PrStatusChanged => {
             let mr = need(&ev.bead_id, "bead", ev)?;
             match payload::<PrState>(ev)?.pr_state.as_str() {
-                "merged" => review::complete(cx, mr, review::ReviewResult::Merged, Some("PR merged (detected by polling)"), None),
-                "closed" => review::complete(cx, mr, review::ReviewResult::Failed, Some("PR closed without merge"), None),
+                "merged" => review::complete(
+                    cx,
+                    mr,
+                    review::ReviewResult::Merged,
+                    Some("PR merged (detected by polling)"),
+                    None,
+                ),
+                "closed" => {
+                    review::complete(cx, mr, review::ReviewResult::Failed, Some("PR closed without merge"), None)
+                }
                 _ => Ok(()),
             }
         }
@@ -229,7 +244,9 @@ pub fn apply(cx: &mut Ctx<'_>, cfg: &TownConfig, ev: &TownEvent) -> Result<()> {
         }
         EventType::ConvoyStarted => {
             let p: ConvoyStarted = payload(ev)?;
-            cx.conn.prepare_cached("UPDATE convoy_metadata SET staged = 0 WHERE bead_id = ?1")?.execute([&p.convoy_id])?;
+            cx.conn
+                .prepare_cached("UPDATE convoy_metadata SET staged = 0 WHERE bead_id = ?1")?
+                .execute([&p.convoy_id])?;
             Ok(())
         }
         EventType::ContainerStatus => {

@@ -4,8 +4,8 @@
 
 use super::actions::Action;
 use super::reconciler::constants::{
-    DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, MAX_LANDING_MR_ATTEMPTS,
-    ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS,
+    DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS,
+    ORPHANED_SOURCE_TIMEOUT_MS,
 };
 use super::snapshot::TownSnapshot;
 use super::state;
@@ -102,7 +102,13 @@ impl Checker {
         Ok(())
     }
 
-    fn check_reviews(&self, conn: &Connection, config: &TownConfig, now: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
+    fn check_reviews(
+        &self,
+        conn: &Connection,
+        config: &TownConfig,
+        now: Timestamp,
+        out: &mut Vec<Violation>,
+    ) -> Result<()> {
         for rig in rows(conn, "SELECT b.rig_id FROM beads b JOIN review_metadata r ON r.bead_id = b.bead_id WHERE b.type = 'merge_request' AND b.status = 'in_progress' AND r.pr_url IS NULL AND b.rig_id IS NOT NULL GROUP BY b.rig_id HAVING COUNT(*) > 1", [])? {
             out.push(v("one_direct_review_per_rig", format!("rig {rig} has several URL-less MRs in progress")));
         }
@@ -156,10 +162,16 @@ impl Checker {
                 continue;
             }
             if refineries > 0 {
-                out.push(v("no_refinery_when_review_off", format!("refinery hooked to MR {mr} although review is off")));
+                out.push(v(
+                    "no_refinery_when_review_off",
+                    format!("refinery hooked to MR {mr} although review is off"),
+                ));
             }
             if status == BeadStatus::InProgress && pr_url.is_none() {
-                out.push(v("no_refinery_when_review_off", format!("MR {mr} is in progress without a PR although review is off")));
+                out.push(v(
+                    "no_refinery_when_review_off",
+                    format!("MR {mr} is in progress without a PR although review is off"),
+                ));
             }
         }
         Ok(())
@@ -176,8 +188,13 @@ impl Checker {
         )? {
             out.push(v("one_live_landing_mr", format!("convoy {c} has several live landing MRs")));
         }
-        for c in rows(conn, "SELECT bead_id FROM convoy_metadata WHERE landing_mr_attempts > ?1", [MAX_LANDING_MR_ATTEMPTS])? {
-            out.push(v("landing_attempts_bounded", format!("convoy {c} made more than {MAX_LANDING_MR_ATTEMPTS} landing attempts")));
+        for c in
+            rows(conn, "SELECT bead_id FROM convoy_metadata WHERE landing_mr_attempts > ?1", [MAX_LANDING_MR_ATTEMPTS])?
+        {
+            out.push(v(
+                "landing_attempts_bounded",
+                format!("convoy {c} made more than {MAX_LANDING_MR_ATTEMPTS} landing attempts"),
+            ));
         }
         Ok(())
     }
@@ -203,7 +220,10 @@ impl Checker {
             }
             let explicit = matches!(cause.as_str(), "user" | "fixup_done" | "convoy_force_closed" | "merged");
             if ty == "issue" && new.as_deref() == Some("closed") && !explicit && !has_merged_mr {
-                out.push(v("closed_issue_has_merge", format!("issue {bead} closed ({cause}) without a merge or explicit close")));
+                out.push(v(
+                    "closed_issue_has_merge",
+                    format!("issue {bead} closed ({cause}) without a merge or explicit close"),
+                ));
             }
         }
         Ok(())
@@ -219,7 +239,10 @@ impl Checker {
              GROUP BY agent_id, json_extract(payload, '$.status') HAVING COUNT(*) > 1",
             [],
         )? {
-            out.push(v("no_running_status_events", format!("agent {agent} has duplicate pending container_status events")));
+            out.push(v(
+                "no_running_status_events",
+                format!("agent {agent} has duplicate pending container_status events"),
+            ));
         }
         Ok(())
     }
@@ -250,10 +273,14 @@ impl Checker {
         let mut st = conn.prepare_cached(
             "SELECT bead_id, rig_id, dispatch_attempts FROM beads WHERE dispatch_attempts > ?1 AND type IN ('issue', 'merge_request')",
         )?;
-        let over: Vec<(String, Option<String>, u32)> =
-            st.query_map([DEFAULT_MAX_DISPATCH_ATTEMPTS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+        let over: Vec<(String, Option<String>, u32)> = st
+            .query_map([DEFAULT_MAX_DISPATCH_ATTEMPTS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         for (bead, rig, n) in over {
-            let cap = rig.as_deref().and_then(|r| settings.get(r)).map_or(DEFAULT_MAX_DISPATCH_ATTEMPTS, |s| s.max_dispatch_attempts);
+            let cap = rig
+                .as_deref()
+                .and_then(|r| settings.get(r))
+                .map_or(DEFAULT_MAX_DISPATCH_ATTEMPTS, |s| s.max_dispatch_attempts);
             if n > cap.max(DEFAULT_MAX_DISPATCH_ATTEMPTS) {
                 out.push(v("dispatch_bounded", format!("bead {bead} was dispatched {n} times (cap {cap})")));
             }
@@ -280,24 +307,38 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
             | Action::TransitionAgent { agent_id, to: AgentStatus::Stalled, .. } => {
                 let Some(agent) = s.agents.iter().find(|x| &x.id == agent_id) else { continue };
                 if agent.last_dispatched_at.is_some_and(|d| s.now.since(d) <= GUPP_WARN_MS) {
-                    out.push(v("gupp_grace_after_dispatch", format!("GUPP acted on {agent_id} within 15 min of its dispatch")));
+                    out.push(v(
+                        "gupp_grace_after_dispatch",
+                        format!("GUPP acted on {agent_id} within 15 min of its dispatch"),
+                    ));
                 }
                 match agent.last_event_at.or(agent.last_activity_at) {
                     Some(t) if t <= s.now => {}
-                    _ => out.push(v("gupp_needs_valid_activity", format!("GUPP acted on {agent_id} without a valid activity time"))),
+                    _ => out.push(v(
+                        "gupp_needs_valid_activity",
+                        format!("GUPP acted on {agent_id} without a valid activity time"),
+                    )),
                 }
             }
-            Action::TransitionBead { bead_id, to: BeadStatus::Failed, reason, .. } if reason == "PR review orphaned" => {
+            Action::TransitionBead { bead_id, to: BeadStatus::Failed, reason, .. }
+                if reason == "PR review orphaned" =>
+            {
                 let polled = s.reviews.get(bead_id).and_then(|r| r.last_poll_at);
                 if polled.is_some_and(|t| s.now.since(t) <= ORPHANED_PR_REVIEW_TIMEOUT_MS) {
-                    out.push(v("polled_mr_not_orphaned", format!("MR {bead_id} failed as orphaned although polled recently")));
+                    out.push(v(
+                        "polled_mr_not_orphaned",
+                        format!("MR {bead_id} failed as orphaned although polled recently"),
+                    ));
                 }
             }
             Action::DispatchAgent { bead_id, .. } => {
                 let Some(b) = s.bead(bead_id) else { continue };
                 let cap = s.rig_max_attempts(b.rig_id.as_deref()).max(DEFAULT_MAX_DISPATCH_ATTEMPTS);
                 if b.dispatch_attempts >= cap {
-                    out.push(v("dispatch_bounded", format!("dispatch of {bead_id} at {} attempts", b.dispatch_attempts)));
+                    out.push(v(
+                        "dispatch_bounded",
+                        format!("dispatch of {bead_id} at {} attempts", b.dispatch_attempts),
+                    ));
                 }
             }
             _ => {}

@@ -365,7 +365,13 @@ impl Town {
     }
 
     /// Upstream's `debugInsertTownEvent`: any event, for tests and fault injection.
-    pub fn insert_event(&mut self, ty: EventType, agent: Option<&str>, bead: Option<&str>, payload: Value) -> Result<String> {
+    pub fn insert_event(
+        &mut self,
+        ty: EventType,
+        agent: Option<&str>,
+        bead: Option<&str>,
+        payload: Value,
+    ) -> Result<String> {
         self.tx(|cx| {
             let id = events::record(cx, ty, agent, bead, payload)?;
             state::arm_if_needed(cx.conn, cx.now)?;
@@ -385,7 +391,8 @@ impl Town {
     ) -> Result<String> {
         self.tx(|cx| {
             let src = beads::get(cx, source)?;
-            let rig_id = src.rig_id.clone().ok_or_else(|| TownError::invalid("review", format!("bead {source} has no rig")))?;
+            let rig_id =
+                src.rig_id.clone().ok_or_else(|| TownError::invalid("review", format!("bead {source} has no rig")))?;
             let rig = state::get_rig(cx, &rig_id)?;
             let mr = review::submit(
                 cx,
@@ -524,7 +531,18 @@ impl Town {
         ttl_seconds: Option<u32>,
     ) -> Result<(String, Option<Effect>)> {
         self.tx(|cx| {
-            nudges::queue(cx, nudges::NewNudge { agent_id: agent, message, mode, priority, source: "system", ttl_seconds, tier: None })
+            nudges::queue(
+                cx,
+                nudges::NewNudge {
+                    agent_id: agent,
+                    message,
+                    mode,
+                    priority,
+                    source: "system",
+                    ttl_seconds,
+                    tier: None,
+                },
+            )
         })
     }
 
@@ -578,11 +596,17 @@ impl Town {
             let m = agents::get(cx, &mayor)?;
             state::arm_if_needed(cx.conn, cx.now)?;
             if matches!(m.status, AgentStatus::Working | AgentStatus::Waiting) {
-                return Ok(vec![Effect::MessageMayor { mayor_id: Some(mayor), about_bead: None, text: message.to_owned() }]);
+                return Ok(vec![Effect::MessageMayor {
+                    mayor_id: Some(mayor),
+                    about_bead: None,
+                    text: message.to_owned(),
+                }]);
             }
             agents::set_status(cx, &mayor, AgentStatus::Working)?;
             cx.conn
-                .prepare_cached("UPDATE agent_metadata SET last_activity_at = ?2, last_dispatched_at = ?2 WHERE bead_id = ?1")?
+                .prepare_cached(
+                    "UPDATE agent_metadata SET last_activity_at = ?2, last_dispatched_at = ?2 WHERE bead_id = ?1",
+                )?
                 .execute(rusqlite::params![mayor, cx.now.0])?;
             Ok(vec![Effect::StartAgent(effects::StartAgent {
                 agent_id: mayor.clone(),

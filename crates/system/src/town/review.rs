@@ -128,7 +128,13 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
                     beads::log_event(cx, &hook, Some(agent_id), "pr_created", None, Some(url), None)?;
                 } else {
                     beads::log_event(cx, &hook, Some(agent_id), "pr_creation_failed", None, Some(url), None)?;
-                    complete(cx, &hook, ReviewResult::Failed, Some(&format!("Refinery provided invalid pr_url: {url}")), None)?;
+                    complete(
+                        cx,
+                        &hook,
+                        ReviewResult::Failed,
+                        Some(&format!("Refinery provided invalid pr_url: {url}")),
+                        None,
+                    )?;
                 }
             }
             None => {
@@ -139,9 +145,11 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
         agents::unhook(cx, agent_id, "review done")?;
         return agents::set_status(cx, agent_id, AgentStatus::Idle);
     }
-    let rig_id = bead.rig_id.clone().or(agent.rig_id.clone()).ok_or_else(|| {
-        TownError::invalid("gt_done", format!("bead {hook} has no rig to review in"))
-    })?;
+    let rig_id = bead
+        .rig_id
+        .clone()
+        .or(agent.rig_id.clone())
+        .ok_or_else(|| TownError::invalid("gt_done", format!("bead {hook} has no rig to review in")))?;
     let rig = state::get_rig(cx, &rig_id)?;
     let valid_url = done.pr_url.as_deref().filter(|u| PrUrl::parse(u).is_ok());
     if let (Some(u), None) = (done.pr_url.as_deref(), valid_url) {
@@ -186,7 +194,8 @@ fn refinery_done_without_hook(cx: &mut Ctx<'_>, agent: &agents::Agent, done: &Do
             complete(cx, &mr, ReviewResult::Failed, Some(&format!("Refinery provided invalid pr_url: {url}")), None)?;
         }
         None => {
-            let msg = done.summary.clone().unwrap_or_else(|| "refinery finished without a PR after losing its hook".into());
+            let msg =
+                done.summary.clone().unwrap_or_else(|| "refinery finished without a PR after losing its hook".into());
             complete(cx, &mr, ReviewResult::Failed, Some(&msg), None)?;
             let mut meta = Map::new();
             meta.insert("kind".into(), json!("refinery_unhooked_done"));
@@ -320,13 +329,22 @@ pub fn complete(
                 for sibling in beads::dependents_of(cx, &source, DepKind::Tracks)? {
                     let Some(s) = beads::find(cx, &sibling)? else { continue };
                     if s.bead_type == BeadType::MergeRequest && s.status.is_live() && sibling != mr {
-                        beads::update_status_because(cx, &sibling, BeadStatus::Closed, "system", None, CloseCause::Other)?;
+                        beads::update_status_because(
+                            cx,
+                            &sibling,
+                            BeadStatus::Closed,
+                            "system",
+                            None,
+                            CloseCause::Other,
+                        )?;
                     }
                 }
                 convoys::on_bead_terminal(cx, &source)?;
                 if convoys::meta(cx, &source)?.is_some() {
                     cx.conn
-                        .prepare_cached("UPDATE convoy_metadata SET landed_at = COALESCE(landed_at, ?2) WHERE bead_id = ?1")?
+                        .prepare_cached(
+                            "UPDATE convoy_metadata SET landed_at = COALESCE(landed_at, ?2) WHERE bead_id = ?1",
+                        )?
                         .execute(params![source, cx.now.0])?;
                 }
             }
@@ -373,7 +391,10 @@ fn reopen_source(cx: &mut Ctx<'_>, source: &str, mr: &str) -> Result<()> {
 pub fn request_changes(cx: &mut Ctx<'_>, refinery_id: &str, feedback: &str, files: &[String]) -> Result<String> {
     let agent = agents::get(cx, refinery_id)?;
     if agent.role != AgentRole::Refinery {
-        return Err(TownError::invalid("request changes", format!("agent {refinery_id} is a {}, not a refinery", agent.role)));
+        return Err(TownError::invalid(
+            "request changes",
+            format!("agent {refinery_id} is a {}, not a refinery", agent.role),
+        ));
     }
     let mr_id = agent
         .current_hook_bead_id
@@ -408,7 +429,13 @@ pub fn request_changes(cx: &mut Ctx<'_>, refinery_id: &str, feedback: &str, file
     beads::add_dependency(cx, &mr_id, &rework, DepKind::Blocks)?;
     let short_feedback: String = feedback.chars().take(500).collect();
     beads::log_event(cx, &mr_id, Some(refinery_id), "rework_requested", None, Some(&short_feedback), None)?;
-    events::record(cx, EventType::BeadCreated, None, Some(&rework), json!({"bead_type": "issue", "rig_id": mr.rig_id}))?;
+    events::record(
+        cx,
+        EventType::BeadCreated,
+        None,
+        Some(&rework),
+        json!({"bead_type": "issue", "rig_id": mr.rig_id}),
+    )?;
     Ok(rework)
 }
 

@@ -103,7 +103,9 @@ pub fn on_start_result(cx: &Ctx<'_>, agent_id: &str, started: bool) -> Result<()
     }
     if let Some(a) = agents::find(cx, agent_id)? {
         if a.role != AgentRole::Refinery {
-            cx.conn.prepare_cached("UPDATE agent_metadata SET dispatch_attempts = 0 WHERE bead_id = ?1")?.execute([agent_id])?;
+            cx.conn
+                .prepare_cached("UPDATE agent_metadata SET dispatch_attempts = 0 WHERE bead_id = ?1")?
+                .execute([agent_id])?;
         }
     }
     Ok(())

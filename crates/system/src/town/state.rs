@@ -27,10 +27,8 @@ pub const IDLE_ALARM_INTERVAL_MS: i64 = 300 * SECOND_MS;
 /// Load the stored config; seed the new-town defaults on first use.
 pub fn load_or_seed_config(conn: &Connection) -> Result<TownConfig> {
     match get_setting(conn, KEY_CONFIG)? {
-        Some(text) => TownConfig::from_json(&text).map_err(|e| TownError::Corrupt {
-            what: "stored town config",
-            detail: e.to_string(),
-        }),
+        Some(text) => TownConfig::from_json(&text)
+            .map_err(|e| TownError::Corrupt { what: "stored town config", detail: e.to_string() }),
         None => {
             let cfg = TownConfig::new_town_defaults();
             put_setting(conn, KEY_CONFIG, &serde_json::to_string(&cfg)?)?;
@@ -102,8 +100,9 @@ pub fn get_rig(cx: &Ctx<'_>, id: &str) -> Result<Rig> {
 }
 
 pub fn list_rigs(conn: &Connection) -> Result<Vec<Rig>> {
-    let mut st =
-        conn.prepare_cached("SELECT id, name, git_url, default_branch, config, created_at FROM rigs ORDER BY created_at, id")?;
+    let mut st = conn.prepare_cached(
+        "SELECT id, name, git_url, default_branch, config, created_at FROM rigs ORDER BY created_at, id",
+    )?;
     let rows: Vec<(Rig, String)> = st.query_map([], rig_from_row)?.collect::<rusqlite::Result<_>>()?;
     rows.into_iter().map(with_config).collect()
 }
@@ -131,7 +130,10 @@ pub fn add_rig(cx: &mut Ctx<'_>, input: AddRig) -> Result<Rig> {
             .prepare_cached("SELECT COUNT(*) FROM beads WHERE rig_id = ?1 AND status IN ('open', 'in_progress')")?
             .query_row([&other], |r| r.get(0))?;
         if busy > 0 {
-            return Err(TownError::invalid("rig", format!("name `{name}` is taken by rig {other}, which has live work")));
+            return Err(TownError::invalid(
+                "rig",
+                format!("name `{name}` is taken by rig {other}, which has live work"),
+            ));
         }
         remove_rig(cx, &other)?;
     }

@@ -39,7 +39,12 @@ fn working_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
 fn stalled_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
     let Some(at) = a.stalled_at else { return };
     if s.now.since(at) > STALLED_AUTO_IDLE_MS {
-        out.push(Action::transition_agent(&a.id, AgentStatus::Stalled, AgentStatus::Idle, "stalled_timeout: idle after 2h30m stalled"));
+        out.push(Action::transition_agent(
+            &a.id,
+            AgentStatus::Stalled,
+            AgentStatus::Idle,
+            "stalled_timeout: idle after 2h30m stalled",
+        ));
         if a.hook.is_some() {
             out.push(Action::unhook(&a.id, "stalled timeout"));
         }

@@ -2,7 +2,9 @@
 //! idle hooked agents (2), lost agents (3), in-review issues whose reviews all
 //! ended (4), and the dispatch circuit breaker.
 
-use super::constants::{HEARTBEAT_STALE_MS, MAX_DISPATCH_ATTEMPTS, ORPHANED_SOURCE_TIMEOUT_MS, STALE_IN_PROGRESS_TIMEOUT_MS};
+use super::constants::{
+    HEARTBEAT_STALE_MS, MAX_DISPATCH_ATTEMPTS, ORPHANED_SOURCE_TIMEOUT_MS, STALE_IN_PROGRESS_TIMEOUT_MS,
+};
 use super::{breaker_open, in_cooldown};
 use crate::model::{AgentRole, AgentStatus, BeadStatus, BeadType, Label};
 use crate::time::stale;
@@ -111,7 +113,8 @@ fn lost_agent(s: &TownSnapshot, b: &SnapBead, out: &mut Vec<Action>) {
         return;
     }
     let alive = s.agents_hooked_to(&b.id).any(|a| {
-        matches!(a.status, AgentStatus::Working | AgentStatus::Stalled) || !stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS)
+        matches!(a.status, AgentStatus::Working | AgentStatus::Stalled)
+            || !stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS)
     });
     if alive {
         return;
@@ -144,7 +147,12 @@ fn reviews_ended(s: &TownSnapshot, b: &SnapBead, out: &mut Vec<Action>) {
         return;
     }
     if merged {
-        out.push(Action::transition_bead(&b.id, Some(BeadStatus::InReview), BeadStatus::Closed, "MR merged (reconciler safety net)"));
+        out.push(Action::transition_bead(
+            &b.id,
+            Some(BeadStatus::InReview),
+            BeadStatus::Closed,
+            "MR merged (reconciler safety net)",
+        ));
     } else {
         out.push(Action::transition_bead(&b.id, Some(BeadStatus::InReview), BeadStatus::Open, "all reviews failed"));
         out.push(Action::clear_assignee(&b.id));

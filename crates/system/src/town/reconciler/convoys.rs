@@ -17,9 +17,9 @@ fn convoy(s: &TownSnapshot, c: &SnapConvoy, out: &mut Vec<Action>) {
     let members: Vec<_> = s.trackers_of(&c.id).filter(|b| b.bead_type == BeadType::Issue).collect();
     let total = members.len() as u32;
     let done = members.iter().filter(|b| b.status.is_terminal()).count() as u32;
-    let in_flight = members.iter().any(|m| {
-        s.trackers_of(&m.id).any(|mr| mr.bead_type == BeadType::MergeRequest && mr.status.is_live())
-    });
+    let in_flight = members
+        .iter()
+        .any(|m| s.trackers_of(&m.id).any(|mr| mr.bead_type == BeadType::MergeRequest && mr.status.is_live()));
     if done != c.closed_beads {
         out.push(Action::UpdateConvoyProgress { convoy_id: c.id.clone(), closed_beads: done });
     }

@@ -33,7 +33,12 @@ fn watch(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
         return; // A2 owns long stalls; a later →stalled would undo its →idle
     }
     if elapsed > GUPP_FORCE_STOP_MS {
-        out.push(Action::transition_agent(&a.id, a.status, AgentStatus::Stalled, "GUPP force stop — no SDK activity for 2h"));
+        out.push(Action::transition_agent(
+            &a.id,
+            a.status,
+            AgentStatus::Stalled,
+            "GUPP force stop — no SDK activity for 2h",
+        ));
         out.push(Action::StopAgent { agent_id: a.id.clone(), reason: "exceeded 2h GUPP limit".into() });
         out.push(Action::CreateTriageRequest {
             agent_id: a.id.clone(),
@@ -44,7 +49,9 @@ fn watch(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
         if !recently_nudged(s, a, NudgeTier::Escalate) {
             out.push(Action::SendNudge {
                 agent_id: a.id.clone(),
-                message: "You have been working for over 1 hour without completing. Wrap up, call gt_done, or ask for help.".into(),
+                message:
+                    "You have been working for over 1 hour without completing. Wrap up, call gt_done, or ask for help."
+                        .into(),
                 tier: NudgeTier::Escalate,
             });
             out.push(Action::CreateTriageRequest {
@@ -56,7 +63,8 @@ fn watch(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
     } else if elapsed > GUPP_WARN_MS && a.active_tools_empty && !recently_nudged(s, a, NudgeTier::Warn) {
         out.push(Action::SendNudge {
             agent_id: a.id.clone(),
-            message: "You have been idle for 15 minutes with no tool activity. Continue your task or call gt_done.".into(),
+            message: "You have been idle for 15 minutes with no tool activity. Continue your task or call gt_done."
+                .into(),
             tier: NudgeTier::Warn,
         });
     }

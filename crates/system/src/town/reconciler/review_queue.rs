@@ -18,7 +18,9 @@ pub fn reconcile(s: &TownSnapshot, out: &mut Vec<Action>) {
     let empty = SnapReview::default();
     let mrs: Vec<(&SnapBead, &SnapReview)> = s
         .live()
-        .filter(|b| b.bead_type == BeadType::MergeRequest && matches!(b.status, BeadStatus::Open | BeadStatus::InProgress))
+        .filter(|b| {
+            b.bead_type == BeadType::MergeRequest && matches!(b.status, BeadStatus::Open | BeadStatus::InProgress)
+        })
         .map(|b| (b, s.reviews.get(&b.id).unwrap_or(&empty)))
         .collect();
     for &(mr, r) in &mrs {
@@ -76,7 +78,12 @@ fn per_mr(s: &TownSnapshot, mr: &SnapBead, r: &SnapReview, out: &mut Vec<Action>
                 && !r.awaiting_approval
                 && no_live_agent(s, &mr.id)
             {
-                out.push(Action::transition_bead(&mr.id, Some(BeadStatus::InProgress), BeadStatus::Failed, "PR review orphaned"));
+                out.push(Action::transition_bead(
+                    &mr.id,
+                    Some(BeadStatus::InProgress),
+                    BeadStatus::Failed,
+                    "PR review orphaned",
+                ));
             }
         }
         None => {
@@ -85,14 +92,25 @@ fn per_mr(s: &TownSnapshot, mr: &SnapBead, r: &SnapReview, out: &mut Vec<Action>
             }
             // Rule 2: a direct review stuck for 30 min without a working refinery.
             if stale(s.now, Some(mr.updated_at), STUCK_REVIEW_TIMEOUT_MS) && no_live_agent(s, &mr.id) {
-                out.push(Action::transition_bead(&mr.id, Some(BeadStatus::InProgress), BeadStatus::Open, "stuck review, no working agent"));
+                out.push(Action::transition_bead(
+                    &mr.id,
+                    Some(BeadStatus::InProgress),
+                    BeadStatus::Open,
+                    "stuck review, no working agent",
+                ));
                 for a in s.agents_hooked_to(&mr.id).filter(|a| a.status == AgentStatus::Idle) {
                     out.push(Action::unhook(&a.id, "stuck review cleanup"));
                 }
             }
             // Rule 3: a direct review nobody is hooked to, for 2 min.
-            if stale(s.now, Some(mr.updated_at), ABANDONED_MR_TIMEOUT_MS) && s.agents_hooked_to(&mr.id).next().is_none() {
-                out.push(Action::transition_bead(&mr.id, Some(BeadStatus::InProgress), BeadStatus::Open, "abandoned, no agent hooked"));
+            if stale(s.now, Some(mr.updated_at), ABANDONED_MR_TIMEOUT_MS) && s.agents_hooked_to(&mr.id).next().is_none()
+            {
+                out.push(Action::transition_bead(
+                    &mr.id,
+                    Some(BeadStatus::InProgress),
+                    BeadStatus::Open,
+                    "abandoned, no agent hooked",
+                ));
             }
         }
     }
@@ -101,7 +119,9 @@ fn per_mr(s: &TownSnapshot, mr: &SnapBead, r: &SnapReview, out: &mut Vec<Action>
 /// Does an MR still need the refinery in a rig that does not review code?
 /// Only review-and-merge convoy members and system landing MRs do.
 fn refinery_needed(s: &TownSnapshot, mr: &SnapBead) -> bool {
-    s.code_review(mr.rig_id.as_deref()) || s.in_review_and_merge_convoy(&mr.id) || mr.created_by.as_deref() == Some("system")
+    s.code_review(mr.rig_id.as_deref())
+        || s.in_review_and_merge_convoy(&mr.id)
+        || mr.created_by.as_deref() == Some("system")
 }
 
 /// code_review = false: MRs with a PR skip the refinery and go to polling
@@ -126,9 +146,17 @@ fn review_off(s: &TownSnapshot, rig: &str, mrs: &[(&SnapBead, &SnapReview)], out
                 BeadStatus::Failed,
                 "MR bead has no pr_url and code review is disabled — polecat failed to create PR",
             ));
-            let source = s.tracks.get(&mr.id).and_then(|t| t.iter().find(|id| s.bead(id).is_some_and(|b| b.bead_type != BeadType::Convoy)));
+            let source = s
+                .tracks
+                .get(&mr.id)
+                .and_then(|t| t.iter().find(|id| s.bead(id).is_some_and(|b| b.bead_type != BeadType::Convoy)));
             if let Some(src) = source {
-                out.push(Action::transition_bead(src, Some(BeadStatus::InReview), BeadStatus::Open, "MR failed (no PR created) — reopening for retry"));
+                out.push(Action::transition_bead(
+                    src,
+                    Some(BeadStatus::InReview),
+                    BeadStatus::Open,
+                    "MR failed (no PR created) — reopening for retry",
+                ));
             }
         }
     }
@@ -136,12 +164,19 @@ fn review_off(s: &TownSnapshot, rig: &str, mrs: &[(&SnapBead, &SnapReview)], out
 
 /// Rule 5: the oldest open MR of a rig goes to the rig's idle refinery (or
 /// creates one). Direct-strategy MRs are reviewed one at a time per rig.
-fn pop_for_refinery(s: &TownSnapshot, rig: &str, mrs: &[(&SnapBead, &SnapReview)], breaker: bool, out: &mut Vec<Action>) {
+fn pop_for_refinery(
+    s: &TownSnapshot,
+    rig: &str,
+    mrs: &[(&SnapBead, &SnapReview)],
+    breaker: bool,
+    out: &mut Vec<Action>,
+) {
     let in_rig = || mrs.iter().filter(|(b, _)| b.rig_id.as_deref() == Some(rig));
     if in_rig().any(|(b, r)| b.status == BeadStatus::InProgress && r.pr_url.is_none()) {
         return;
     }
-    let Some((oldest, _)) = in_rig().find(|(b, r)| b.status == BeadStatus::Open && !r.babysit && refinery_needed(s, b)) else {
+    let Some((oldest, _)) = in_rig().find(|(b, r)| b.status == BeadStatus::Open && !r.babysit && refinery_needed(s, b))
+    else {
         return;
     };
     if s.draining || breaker {
@@ -157,12 +192,22 @@ fn pop_for_refinery(s: &TownSnapshot, rig: &str, mrs: &[(&SnapBead, &SnapReview)
     let refinery = s.agents.iter().find(|a| a.role == AgentRole::Refinery && a.rig_id.as_deref() == Some(rig));
     match refinery {
         None => {
-            out.push(Action::transition_bead(&oldest.id, Some(BeadStatus::Open), BeadStatus::InProgress, "popped for review (creating refinery)"));
+            out.push(Action::transition_bead(
+                &oldest.id,
+                Some(BeadStatus::Open),
+                BeadStatus::InProgress,
+                "popped for review (creating refinery)",
+            ));
             out.push(Action::dispatch(None, &oldest.id, rig));
         }
         Some(r) if r.status != AgentStatus::Idle || r.hook.is_some() => {}
         Some(r) => {
-            out.push(Action::transition_bead(&oldest.id, Some(BeadStatus::Open), BeadStatus::InProgress, "popped for review"));
+            out.push(Action::transition_bead(
+                &oldest.id,
+                Some(BeadStatus::Open),
+                BeadStatus::InProgress,
+                "popped for review",
+            ));
             out.push(Action::HookAgent { agent_id: r.id.clone(), bead_id: oldest.id.clone() });
             out.push(Action::dispatch(Some(&r.id), &oldest.id, rig));
         }

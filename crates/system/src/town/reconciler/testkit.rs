@@ -146,7 +146,13 @@ impl Kit {
         self.s.convoys.get_mut(id).unwrap()
     }
 
-    pub fn agent_mut(&self, id: &str, status: AgentStatus, hook: Option<&str>, activity: Option<Timestamp>) -> SnapAgent {
+    pub fn agent_mut(
+        &self,
+        id: &str,
+        status: AgentStatus,
+        hook: Option<&str>,
+        activity: Option<Timestamp>,
+    ) -> SnapAgent {
         SnapAgent {
             id: id.to_owned(),
             role: AgentRole::Polecat,
@@ -173,7 +179,13 @@ impl Kit {
         id.to_owned()
     }
 
-    pub fn refinery(&mut self, id: &str, status: AgentStatus, hook: Option<&str>, activity: Option<Timestamp>) -> String {
+    pub fn refinery(
+        &mut self,
+        id: &str,
+        status: AgentStatus,
+        hook: Option<&str>,
+        activity: Option<Timestamp>,
+    ) -> String {
         let mut a = self.agent_mut(id, status, hook, activity);
         a.role = AgentRole::Refinery;
         self.push_agent(a);
