@@ -256,7 +256,10 @@ pub struct Watermark {
 /// `idle` agent to `working` (a timeout race may have idled a live session),
 /// zeroes the agent's dispatch counter, records the watermark. An unhooked
 /// idle agent stays idle: upstream flipped it to `working` and let A1 flip it
-/// back, leaving a working agent without a hook between ticks.
+/// back, leaving a working agent without a hook between ticks. An SDK event
+/// time older than the latest dispatch belongs to an earlier session (a late
+/// or replayed heartbeat): recording it would let GUPP judge the new session
+/// by the old one right after dispatch (bug g), so it is ignored.
 pub fn touch(cx: &Ctx<'_>, agent_id: &str, wm: &Watermark) -> Result<()> {
     let tools = wm.active_tools.as_ref().map(serde_json::to_string).transpose()?;
     let n = cx
@@ -265,7 +268,9 @@ pub fn touch(cx: &Ctx<'_>, agent_id: &str, wm: &Watermark) -> Result<()> {
             "UPDATE agent_metadata SET last_activity_at = ?2, \
              status = CASE WHEN status = 'idle' AND current_hook_bead_id IS NOT NULL THEN 'working' ELSE status END, \
              dispatch_attempts = 0, \
-             last_event_type = COALESCE(?3, last_event_type), last_event_at = COALESCE(?4, last_event_at), \
+             last_event_type = CASE WHEN ?4 < COALESCE(last_dispatched_at, ?4) THEN last_event_type \
+               ELSE COALESCE(?3, last_event_type) END, \
+             last_event_at = CASE WHEN ?4 >= COALESCE(last_dispatched_at, ?4) THEN ?4 ELSE last_event_at END, \
              active_tools = COALESCE(?5, active_tools) WHERE bead_id = ?1",
         )?
         .execute(params![agent_id, cx.now.0, wm.last_event_type, wm.last_event_at.map(|t| t.0), tools])?;
@@ -294,7 +299,8 @@ pub fn reset_dispatch_attempts(cx: &Ctx<'_>, agent_id: &str) -> Result<()> {
 }
 
 /// Manual reset (the mayor's `gt_agent_reset`): a non-terminal hooked bead goes
-/// back to `open` with zeroed counters, the agent is unhooked, idle, counter 0.
+/// back to `open` with zeroed counters and no assignee (so Rule 1 dispatches it
+/// on the very next tick), the agent is unhooked, idle, counter 0.
 pub fn reset(cx: &mut Ctx<'_>, agent_id: &str) -> Result<()> {
     let agent = get(cx, agent_id)?;
     if let Some(h) = &agent.current_hook_bead_id {
@@ -303,7 +309,8 @@ pub fn reset(cx: &mut Ctx<'_>, agent_id: &str) -> Result<()> {
                 beads::update_status(cx, h, BeadStatus::Open, "system", None)?;
                 cx.conn
                     .prepare_cached(
-                        "UPDATE beads SET dispatch_attempts = 0, last_dispatch_attempt_at = NULL WHERE bead_id = ?1",
+                        "UPDATE beads SET dispatch_attempts = 0, last_dispatch_attempt_at = NULL, \
+                         assignee_agent_bead_id = NULL WHERE bead_id = ?1",
                     )?
                     .execute([h])?;
             }

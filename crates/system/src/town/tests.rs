@@ -166,3 +166,192 @@ fn failed_operations_write_nothing() {
     assert!(matches!(town.bead("missing"), Err(TownError::NotFound { .. })));
     assert!(matches!(town.reset_agent("missing"), Err(TownError::NotFound { .. })));
 }
+
+#[test]
+fn hook_refuses_unworkable_beads_triage_requests_and_double_hooks() {
+    let (mut town, _clock, rig) = town();
+    let b1 = sling(&mut town, &rig, "one");
+    let agent = town.bead(&b1).unwrap().assignee_agent_bead_id.unwrap();
+    let b2 = sling(&mut town, &rig, "two");
+    let e = town.hook_bead(&agent, &b2).unwrap_err();
+    assert!(e.to_string().contains("unhook first"), "{e}");
+    let convoy = town
+        .sling_convoy(SlingConvoy {
+            rig_id: rig.clone(),
+            title: "c".into(),
+            tasks: vec![ConvoyTask { title: "t".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .unwrap();
+    town.unhook_bead(&agent).unwrap();
+    let e = town.hook_bead(&agent, &convoy.convoy_id).unwrap_err();
+    assert!(e.to_string().contains("cannot be worked"), "{e}");
+    let tr = town.create_triage_request(TriageType::StuckAgent, Some(&agent), "stuck", json!({})).unwrap().unwrap();
+    let e = town.hook_bead(&agent, &tr).unwrap_err();
+    assert!(e.to_string().contains("triage request"), "{e}");
+    // Mutual exclusion: hooking a second agent takes the bead away from the first.
+    town.hook_bead(&agent, &b2).unwrap();
+    let other = town.bead(&b2).unwrap().assignee_agent_bead_id.unwrap();
+    assert_eq!(other, agent);
+}
+
+#[test]
+fn triage_requests_dedup_per_agent_and_cap_at_five() {
+    let (mut town, _clock, rig) = town();
+    let mut agents_seen = Vec::new();
+    for i in 0..7 {
+        let b = sling(&mut town, &rig, &format!("b{i}"));
+        agents_seen.push(town.bead(&b).unwrap().assignee_agent_bead_id.unwrap());
+    }
+    let first = town.create_triage_request(TriageType::StuckAgent, Some(&agents_seen[0]), "x", json!({})).unwrap();
+    assert!(first.is_some());
+    let dup = town.create_triage_request(TriageType::StuckAgent, Some(&agents_seen[0]), "x", json!({})).unwrap();
+    assert!(dup.is_none(), "same agent, same type: deduplicated");
+    let other_type = town.create_triage_request(TriageType::CrashLoop, Some(&agents_seen[0]), "x", json!({})).unwrap();
+    assert!(other_type.is_some());
+    let made: Vec<_> = (1..7)
+        .map(|i| town.create_triage_request(TriageType::StuckAgent, Some(&agents_seen[i]), "x", json!({})).unwrap())
+        .collect();
+    assert_eq!(made.iter().filter(|m| m.is_some()).count(), 3, "capped at 5 open non-escalation requests");
+    let esc = town.create_triage_request(TriageType::Escalation, Some(&agents_seen[6]), "x", json!({})).unwrap();
+    assert!(esc.is_some(), "escalation requests are not capped");
+}
+
+#[test]
+fn processed_events_pruned_after_seven_days_pending_never() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    sling(&mut town, &rig, "x");
+    tick(&mut town, &runner);
+    clock.advance_ms(1_000);
+    let pending = town.insert_event(EventType::NudgeTimeout, None, None, json!({})).unwrap();
+    town.conn().execute("UPDATE town_events SET processed_at = NULL WHERE event_id = ?1", [&pending]).unwrap();
+    let count = |t: &Town| -> i64 { t.conn().query_row("SELECT COUNT(*) FROM town_events", [], |r| r.get(0)).unwrap() };
+    assert_eq!(count(&town), 2);
+    clock.advance_ms(events::EVENT_RETENTION_MS - 1_000);
+    // Exactly 7 days old is kept; the pending one is drained (and processed) in this tick.
+    tick(&mut town, &runner);
+    assert_eq!(count(&town), 2);
+    clock.advance_ms(1);
+    tick(&mut town, &runner);
+    assert_eq!(count(&town), 1, "the first processed event is pruned, the later one kept");
+}
+
+#[test]
+fn queued_nudges_expire_and_pending_order_is_urgent_first() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let b = sling(&mut town, &rig, "x");
+    let agent = town.bead(&b).unwrap().assignee_agent_bead_id.unwrap();
+    town.queue_nudge(&agent, "later", NudgeMode::Queue, NudgePriority::Normal, Some(60)).unwrap();
+    let (urgent, effect) = town.queue_nudge(&agent, "now", NudgeMode::WaitIdle, NudgePriority::Urgent, None).unwrap();
+    assert!(effect.is_none(), "only immediate nudges are delivered at once");
+    let p = town.pending_nudges(&agent).unwrap();
+    assert_eq!(p.iter().map(|n| n.message.as_str()).collect::<Vec<_>>(), vec!["now", "later"]);
+    clock.advance_ms(61_000);
+    tick(&mut town, &runner);
+    let p = town.pending_nudges(&agent).unwrap();
+    assert_eq!(p.len(), 1, "the queued one expired");
+    assert!(town.nudge_delivered(&urgent).unwrap());
+    assert!(!town.nudge_delivered(&urgent).unwrap(), "delivery is recorded once");
+    assert!(town.pending_nudges(&agent).unwrap().is_empty());
+}
+
+#[test]
+fn drain_flag_times_out_after_seven_minutes_and_nonce_clears_it() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    sling(&mut town, &rig, "x");
+    let nonce = town.record_container_eviction().unwrap();
+    assert!(town.drain_state().unwrap().draining);
+    assert!(!town.acknowledge_container_ready("wrong").unwrap());
+    clock.advance_ms(reconciler::constants::DRAIN_TIMEOUT_MS);
+    assert!(!tick(&mut town, &runner).drain_timed_out, "exactly 7 min: still draining");
+    clock.advance_ms(1);
+    assert!(tick(&mut town, &runner).drain_timed_out);
+    assert!(!town.drain_state().unwrap().draining);
+    assert!(town.acknowledge_container_ready(&nonce).unwrap(), "not draining: true");
+    let nonce = town.record_container_eviction().unwrap();
+    assert!(town.acknowledge_container_ready(&nonce).unwrap());
+    assert!(!town.drain_state().unwrap().draining);
+}
+
+#[test]
+fn draining_suspends_dispatch_but_not_recovery() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    town.record_container_eviction().unwrap();
+    let created = town
+        .sling_convoy(SlingConvoy {
+            rig_id: rig.clone(),
+            title: "c".into(),
+            tasks: vec![ConvoyTask { title: "t".into(), ..Default::default() }],
+            staged: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+    clock.advance_ms(5_000);
+    let r = tick(&mut town, &runner);
+    assert!(!r.actions.iter().any(|a| matches!(a, actions::Action::DispatchAgent { .. })));
+    assert_eq!(town.bead(&created.bead_ids[0]).unwrap().status, BeadStatus::Open);
+    town.acknowledge_container_ready(&town.drain_state().unwrap().nonce.unwrap()).unwrap();
+    clock.advance_ms(5_000);
+    let r = tick(&mut town, &runner);
+    assert!(r.actions.iter().any(|a| matches!(a, actions::Action::DispatchAgent { .. })));
+}
+
+#[test]
+fn unknown_and_malformed_events_are_inapplicable_not_retried() {
+    let (mut town, _clock, _rig) = town();
+    let runner = RecordingRunner::new();
+    town.conn()
+        .execute(
+            "INSERT INTO town_events (event_id, event_type, payload, created_at) VALUES ('e1', 'poll_pr_null', '{}', 0)",
+            [],
+        )
+        .unwrap();
+    town.insert_event(EventType::PrStatusChanged, None, None, json!({})).unwrap();
+    town.insert_event(EventType::ConvoyStarted, None, None, json!({"wrong": 1})).unwrap();
+    let r = tick(&mut town, &runner);
+    assert_eq!(r.events.inapplicable.len(), 3, "{:?}", r.events);
+    assert!(r.events.retried.is_empty());
+    assert_eq!(town.pending_event_count().unwrap(), 0);
+}
+
+#[test]
+fn alarm_escalation_only_brings_the_alarm_earlier() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    tick(&mut town, &runner);
+    let idle_alarm = town.alarm_at().unwrap().unwrap();
+    assert_eq!(idle_alarm, clock.now().plus_ms(state::IDLE_ALARM_INTERVAL_MS), "no work: 5 min cadence");
+    clock.advance_ms(1_000);
+    sling(&mut town, &rig, "x");
+    let first = town.alarm_at().unwrap().unwrap();
+    assert_eq!(first, clock.now().plus_ms(state::ACTIVE_ALARM_INTERVAL_MS));
+    for _ in 0..10 {
+        clock.advance_ms(1_000);
+        sling(&mut town, &rig, "y");
+        assert_eq!(town.alarm_at().unwrap().unwrap(), first, "a burst never pushes the tick back");
+    }
+}
+
+#[test]
+fn reset_agent_makes_the_bead_dispatchable_next_tick() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    runner.fail_all_starts.set(true);
+    let b = sling(&mut town, &rig, "x");
+    let agent = town.bead(&b).unwrap().assignee_agent_bead_id.unwrap();
+    town.conn()
+        .execute(
+            "UPDATE beads SET dispatch_attempts = 4, last_dispatch_attempt_at = ?2 WHERE bead_id = ?1",
+            rusqlite::params![b, clock.now().0],
+        )
+        .unwrap();
+    town.reset_agent(&agent).unwrap();
+    let bead = town.bead(&b).unwrap();
+    assert_eq!((bead.status, bead.dispatch_attempts, bead.last_dispatch_attempt_at), (BeadStatus::Open, 0, None));
+    let r = tick(&mut town, &runner);
+    assert!(r.actions.iter().any(|a| matches!(a, actions::Action::DispatchAgent { bead_id, .. } if *bead_id == b)));
+}
