@@ -54,21 +54,23 @@ pub fn upsert_container_status(cx: &mut Ctx<'_>, agent: &str, status: &str, exit
     if status == "running" {
         return Ok(());
     }
-    let pending: Option<(i64, String)> = cx
+    // Match the pending event of this status, not only the latest one: with
+    // alternating reports (exited, not_found, exited) upstream's latest-only
+    // lookup queued a second `exited`, breaking "one pending event per agent
+    // and status". The bump moves it after the others, as the newest fact.
+    let pending: Option<i64> = cx
         .conn
         .prepare_cached(
-            "SELECT seq, json_extract(payload, '$.status') FROM town_events WHERE event_type = 'container_status' \
-             AND agent_id = ?1 AND processed_at IS NULL ORDER BY created_at DESC, seq DESC LIMIT 1",
+            "SELECT seq FROM town_events WHERE event_type = 'container_status' AND agent_id = ?1 \
+             AND processed_at IS NULL AND json_extract(payload, '$.status') = ?2 ORDER BY created_at DESC, seq DESC LIMIT 1",
         )?
-        .query_row([agent], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
+        .query_row(params![agent, status], |r| r.get(0))
         .optional()?;
-    if let Some((seq, s)) = pending {
-        if s == status {
-            cx.conn
-                .prepare_cached("UPDATE town_events SET created_at = ?2 WHERE seq = ?1")?
-                .execute(params![seq, cx.now.0])?;
-            return Ok(());
-        }
+    if let Some(seq) = pending {
+        cx.conn
+            .prepare_cached("UPDATE town_events SET created_at = ?2 WHERE seq = ?1")?
+            .execute(params![seq, cx.now.0])?;
+        return Ok(());
     }
     let mut payload = serde_json::json!({ "status": status });
     if let Some(r) = exit_reason.filter(|r| !r.is_empty()) {

@@ -228,7 +228,8 @@ pub const EVICTION_REASON: &str = "container eviction";
 
 /// Apply a process exit. Never closes work (bug m): a refinery's MR is left
 /// alone; a polecat's in-progress bead stays for Rule 3, except after an
-/// eviction with a stale heartbeat, when it reopens at once.
+/// eviction: with a stale heartbeat it reopens at once, with a fresh one the
+/// exit is ignored.
 pub fn agent_completed(
     cx: &mut Ctx<'_>,
     agent_id: &str,
@@ -253,6 +254,12 @@ pub fn agent_completed(
                 {
                     beads::update_status(cx, &hook, BeadStatus::Open, "system", None)?;
                     beads::set_assignee(cx, &hook, None)?;
+                }
+                // A fresh heartbeat: the session outlives the eviction (#3538).
+                // Unhooking would let Rule 3 reset the bead under a live agent;
+                // if it did die, the heartbeat rules (A1, A4/A5) recover it.
+                (ExitStatus::Completed, Some(BeadStatus::InProgress)) if reason == Some(EVICTION_REASON) => {
+                    return Ok(());
                 }
                 _ => {}
             }
