@@ -7,6 +7,7 @@
 //! networked world (turmoil hosts for town, container and forge), the fault
 //! catalogue and scenario files build on this.
 
+pub mod bench;
 pub mod driver;
 pub mod trace;
 

@@ -39,6 +39,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure reconciler tick latency on generated towns; write bench.md and bench.json.
+    TickLatency {
+        /// Samples per metric per town (after a warm-up).
+        #[arg(long, default_value_t = gastown_sim::bench::default_ticks())]
+        ticks: u64,
+        /// Town shapes to measure: S, M, M+history, L.
+        #[arg(long, value_delimiter = ',', default_value = "S,M,M+history,L")]
+        towns: Vec<String>,
+        /// Storages: memory, wal.
+        #[arg(long, value_delimiter = ',', default_value = "memory,wal")]
+        storage: Vec<String>,
+        /// Where bench.md and bench.json go.
+        #[arg(long, default_value = "reports")]
+        out_dir: std::path::PathBuf,
+        /// Compare p99s with this earlier bench.json; exit 1 on a regression.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+        /// Allowed p99 growth over the baseline (0.10 = +10%).
+        #[arg(long, default_value_t = 0.10)]
+        max_regression: f64,
+    },
     /// Re-run one seed and print its trace hash.
     Replay {
         #[arg(long)]
@@ -66,6 +87,9 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { seeds, seed, workload, json } => run(seeds, seed, &workload, json),
         Command::Replay { seed, workload, check_determinism } => replay(seed, &workload, check_determinism),
+        Command::TickLatency { ticks, towns, storage, out_dir, baseline, max_regression } => {
+            tick_latency(ticks, &towns, &storage, &out_dir, baseline.as_deref(), max_regression)
+        }
     }
 }
 
@@ -161,4 +185,94 @@ fn replay(seed: u64, w: &Workload, check: bool) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+fn tick_latency(
+    ticks: u64,
+    towns: &[String],
+    storages: &[String],
+    out_dir: &std::path::Path,
+    baseline: Option<&std::path::Path>,
+    max_regression: f64,
+) -> ExitCode {
+    use gastown::generate::TownShape;
+    use gastown_sim::bench;
+    let mut shapes = Vec::new();
+    for t in towns {
+        match TownShape::by_name(t) {
+            Some(s) => shapes.push(s),
+            None => {
+                eprintln!("unknown town `{t}`: expected one of S, M, M+history, L");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    for s in storages {
+        if s != "memory" && s != "wal" {
+            eprintln!("unknown storage `{s}`: expected memory or wal");
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(out_dir) {
+        eprintln!("cannot create {}: {e}", out_dir.display());
+        return ExitCode::from(2);
+    }
+    let old = match baseline.map(std::fs::read_to_string) {
+        None => None,
+        Some(Ok(text)) => match serde_json::from_str::<bench::BenchReport>(&text) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("baseline {}: not a bench.json: {e}", baseline.unwrap_or(out_dir).display());
+                return ExitCode::from(2);
+            }
+        },
+        Some(Err(e)) => {
+            eprintln!("baseline {}: {e}", baseline.unwrap_or(out_dir).display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut measurements = Vec::new();
+    for shape in &shapes {
+        for storage in storages {
+            eprintln!("measuring {} on {storage} ({ticks} ticks)...", shape.name);
+            let wal_dir = (storage == "wal").then_some(out_dir);
+            match bench::measure(shape, wal_dir, ticks, 1) {
+                Ok(m) => {
+                    eprintln!(
+                        "  full tick p50 {:.1} µs p99 {:.1} µs; reconcile p99 {:.1} µs",
+                        m.full_tick.p50_us, m.full_tick.p99_us, m.reconcile.p99_us
+                    );
+                    measurements.push(m);
+                }
+                Err(e) => {
+                    eprintln!("measuring {} failed: {e}", shape.name);
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
+    let command = format!("gastown-sim {}", std::env::args().skip(1).collect::<Vec<_>>().join(" "));
+    let report =
+        bench::BenchReport { command, machine: bench::machine_description(), ticks_per_town: ticks, measurements };
+    let md = bench::markdown(&report);
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+    for (name, body) in [("bench.md", &md), ("bench.json", &json)] {
+        if let Err(e) = std::fs::write(out_dir.join(name), body) {
+            eprintln!("cannot write {name}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    println!("{md}");
+    if let Some(old) = old {
+        let regressions = bench::regressions(&report, &old, max_regression);
+        if !regressions.is_empty() {
+            println!("REGRESSIONS above +{:.0}%:", max_regression * 100.0);
+            for r in &regressions {
+                println!("  {r}");
+            }
+            return ExitCode::from(1);
+        }
+        println!("no p99 regression above +{:.0}% against the baseline", max_regression * 100.0);
+    }
+    ExitCode::SUCCESS
 }

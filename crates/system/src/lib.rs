@@ -5,6 +5,7 @@
 //! the OS clock or entropy (see `clippy.toml`).
 
 pub mod error;
+pub mod generate;
 pub mod ids;
 pub mod model;
 pub mod store;

@@ -68,15 +68,17 @@ pub fn delete_setting(conn: &Connection, key: &str) -> Result<()> {
 
 /// Run `f` inside a savepoint: its writes are kept on `Ok`, undone on `Err`.
 /// Lets one failing action or event roll back alone inside a tick's transaction.
+/// Statements are cached: a tick takes one savepoint per event and per action.
 pub fn savepoint<T>(conn: &Connection, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    conn.execute_batch("SAVEPOINT step")?;
+    conn.prepare_cached("SAVEPOINT step")?.execute([])?;
     match f() {
         Ok(v) => {
-            conn.execute_batch("RELEASE step")?;
+            conn.prepare_cached("RELEASE step")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO step; RELEASE step")?;
+            conn.prepare_cached("ROLLBACK TO step")?.execute([])?;
+            conn.prepare_cached("RELEASE step")?.execute([])?;
             Err(e)
         }
     }

@@ -28,7 +28,13 @@ CREATE TABLE beads (
     closed_at INTEGER
 );
 -- The snapshot reads only live rows; terminal history never enters this index.
-CREATE INDEX beads_live ON beads(type, status) WHERE status IN ('open', 'in_progress', 'in_review');
+-- (`beads` keeps its rowid because bodies can be large; the small metadata
+-- tables keyed by bead id are WITHOUT ROWID: one B-tree seek per lookup.)
+-- It covers every column the snapshot reads, so the load never visits table
+-- rows (which carry titles, bodies and metadata).
+CREATE INDEX beads_live ON beads(type, status, created_at, bead_id, rig_id, assignee_agent_bead_id, labels,
+    dispatch_attempts, last_dispatch_attempt_at, created_by, updated_at)
+    WHERE status IN ('open', 'in_progress', 'in_review');
 CREATE INDEX beads_parent ON beads(parent_bead_id) WHERE parent_bead_id IS NOT NULL;
 CREATE INDEX beads_assignee_live ON beads(assignee_agent_bead_id)
     WHERE assignee_agent_bead_id IS NOT NULL AND status IN ('open', 'in_progress', 'in_review');
@@ -36,8 +42,11 @@ CREATE INDEX beads_assignee_live ON beads(assignee_agent_bead_id)
 CREATE INDEX beads_redispatch ON beads(last_dispatch_attempt_at) WHERE dispatch_attempts > 1;
 CREATE INDEX beads_rig_status ON beads(rig_id, status);
 
+-- Append-only: keyed by an integer rowid so inserts append instead of landing
+-- at random in a UUID index (nothing looks an event up by its id).
 CREATE TABLE bead_events (
-    bead_event_id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
+    bead_event_id TEXT NOT NULL,
     bead_id TEXT NOT NULL,
     agent_id TEXT,
     event_type TEXT NOT NULL,
@@ -58,9 +67,16 @@ CREATE TABLE bead_dependencies (
 ) WITHOUT ROWID;
 CREATE INDEX bead_dependencies_target ON bead_dependencies(depends_on_bead_id, dependency_type);
 
+-- name, rig_id and created_at repeat the agent bead's (they never change), so
+-- agent queries stay single-table: a join to `beads` keyed by a bound id makes
+-- SQLite re-prepare the statement on every use (it checks the derived
+-- `beads.bead_id = ?` against the partial indexes of `beads`).
 CREATE TABLE agent_metadata (
     bead_id TEXT PRIMARY KEY,
     role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    rig_id TEXT,
+    created_at INTEGER NOT NULL,
     identity TEXT NOT NULL UNIQUE,
     status TEXT NOT NULL DEFAULT 'idle',
     current_hook_bead_id TEXT,
@@ -74,7 +90,7 @@ CREATE TABLE agent_metadata (
     last_event_at INTEGER,
     active_tools TEXT NOT NULL DEFAULT '[]',
     stalled_at INTEGER
-);
+) WITHOUT ROWID;
 CREATE INDEX agent_metadata_hook ON agent_metadata(current_hook_bead_id) WHERE current_hook_bead_id IS NOT NULL;
 
 CREATE TABLE review_metadata (
@@ -99,7 +115,7 @@ CREATE TABLE review_metadata (
     auto_merge_pending INTEGER NOT NULL DEFAULT 0,
     convoy_id TEXT,
     last_feedback_check_at INTEGER
-);
+) WITHOUT ROWID;
 
 CREATE TABLE convoy_metadata (
     bead_id TEXT PRIMARY KEY,
@@ -112,7 +128,7 @@ CREATE TABLE convoy_metadata (
     ready_to_land INTEGER NOT NULL DEFAULT 0,
     landing_mr_attempts INTEGER NOT NULL DEFAULT 0,
     last_landing_mr_attempt_at INTEGER
-);
+) WITHOUT ROWID;
 
 CREATE TABLE escalation_metadata (
     bead_id TEXT PRIMARY KEY,
@@ -121,7 +137,7 @@ CREATE TABLE escalation_metadata (
     acknowledged INTEGER NOT NULL DEFAULT 0,
     re_escalation_count INTEGER NOT NULL DEFAULT 0,
     acknowledged_at INTEGER
-);
+) WITHOUT ROWID;
 CREATE INDEX escalation_pending ON escalation_metadata(acknowledged, re_escalation_count)
     WHERE acknowledged = 0 AND re_escalation_count < 3;
 

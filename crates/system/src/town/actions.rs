@@ -341,7 +341,6 @@ fn apply_dispatch(
             a
         }
     };
-    agents::set_status(cx, &agent_id, AgentStatus::Working)?;
     Ok(Some(scheduling::begin_dispatch(cx, &agent_id, bead_id)?))
 }
 

@@ -30,10 +30,11 @@ pub struct Agent {
     pub created_at: Timestamp,
 }
 
-const AGENT_SELECT: &str = "SELECT a.bead_id, a.role, b.title, a.identity, b.rig_id, a.status, \
+/// Agent queries read `agent_metadata` alone (see the schema for why).
+const AGENT_SELECT: &str = "SELECT a.bead_id, a.role, a.name, a.identity, a.rig_id, a.status, \
     a.current_hook_bead_id, a.dispatch_attempts, a.checkpoint, a.last_activity_at, a.last_dispatched_at, \
-    a.agent_status_message, a.last_event_type, a.last_event_at, a.active_tools, a.stalled_at, b.created_at \
-    FROM agent_metadata a JOIN beads b ON b.bead_id = a.bead_id";
+    a.agent_status_message, a.last_event_type, a.last_event_at, a.active_tools, a.stalled_at, a.created_at \
+    FROM agent_metadata a";
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
@@ -72,22 +73,30 @@ pub fn get(cx: &Ctx<'_>, id: &str) -> Result<Agent> {
 }
 
 pub fn list(cx: &Ctx<'_>) -> Result<Vec<Agent>> {
-    let sql = format!("{AGENT_SELECT} ORDER BY b.created_at, a.bead_id");
+    let sql = format!("{AGENT_SELECT} ORDER BY a.created_at, a.bead_id");
     let mut st = cx.conn.prepare_cached(&sql)?;
     let rows = st.query_map([], agent_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Agents hooked to `bead`.
+/// Agents hooked to `bead`, by id (sorted here: see `beads::sorted_ids`).
 pub fn hooked_to(cx: &Ctx<'_>, bead: &str) -> Result<Vec<Agent>> {
-    let sql = format!("{AGENT_SELECT} WHERE a.current_hook_bead_id = ?1 ORDER BY a.bead_id");
+    let sql = format!("{AGENT_SELECT} WHERE a.current_hook_bead_id = ?1");
     let mut st = cx.conn.prepare_cached(&sql)?;
-    let rows = st.query_map([bead], agent_from_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut agents: Vec<Agent> = st.query_map([bead], agent_from_row)?.collect::<rusqlite::Result<_>>()?;
+    agents.sort_unstable_by(|x, y| x.agent_id.cmp(&y.agent_id));
+    Ok(agents)
+}
+
+/// The oldest agent matching a one-parameter query of (id, created_at) rows.
+fn oldest(st: &mut rusqlite::CachedStatement<'_>, param: Option<&str>) -> Result<Option<String>> {
+    let rows: Vec<(String, i64)> =
+        st.query_map([param], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    Ok(rows.into_iter().min_by(|x, y| (x.1, &x.0).cmp(&(y.1, &y.0))).map(|(id, _)| id))
 }
 
 pub fn mayor(cx: &Ctx<'_>) -> Result<Option<Agent>> {
-    let sql = format!("{AGENT_SELECT} WHERE a.role = 'mayor' ORDER BY b.created_at LIMIT 1");
+    let sql = format!("{AGENT_SELECT} WHERE a.role = 'mayor' ORDER BY a.created_at, a.bead_id LIMIT 1");
     Ok(cx.conn.prepare_cached(&sql)?.query_row([], agent_from_row).optional()?)
 }
 
@@ -97,9 +106,7 @@ pub const POLECAT_NAMES: [&str; 20] = [
 ];
 
 fn next_polecat_name(cx: &Ctx<'_>) -> Result<String> {
-    let mut st = cx.conn.prepare_cached(
-        "SELECT b.title FROM agent_metadata a JOIN beads b ON b.bead_id = a.bead_id WHERE a.role = 'polecat'",
-    )?;
+    let mut st = cx.conn.prepare_cached("SELECT name FROM agent_metadata WHERE role = 'polecat'")?;
     let used: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     if let Some(free) = POLECAT_NAMES.iter().find(|n| !used.iter().any(|u| u == *n)) {
         return Ok((*free).to_owned());
@@ -120,8 +127,11 @@ pub fn register(cx: &mut Ctx<'_>, role: AgentRole, rig: Option<&str>, town_id: &
         _ => format!("{name}-{role}-{}@{}-{}", short(rig.unwrap_or("none")), short(town_id), short(&id)),
     };
     cx.conn
-        .prepare_cached("INSERT INTO agent_metadata (bead_id, role, identity, status) VALUES (?1, ?2, ?3, 'idle')")?
-        .execute(params![id, role, identity])?;
+        .prepare_cached(
+            "INSERT INTO agent_metadata (bead_id, role, name, rig_id, created_at, identity, status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'idle')",
+        )?
+        .execute(params![id, role, name, rig, cx.now.0, identity])?;
     Ok(id)
 }
 
@@ -131,23 +141,19 @@ pub fn register(cx: &mut Ctx<'_>, role: AgentRole, rig: Option<&str>, town_id: &
 pub fn get_or_create(cx: &mut Ctx<'_>, role: AgentRole, rig: Option<&str>, town_id: &str) -> Result<String> {
     let existing: Option<String> = match role {
         AgentRole::Mayor => mayor(cx)?.map(|a| a.agent_id),
-        AgentRole::Refinery => cx
-            .conn
-            .prepare_cached(
-                "SELECT a.bead_id FROM agent_metadata a JOIN beads b ON b.bead_id = a.bead_id \
-                 WHERE a.role = 'refinery' AND b.rig_id IS ?1 ORDER BY b.created_at, a.bead_id LIMIT 1",
-            )?
-            .query_row([rig], |r| r.get(0))
-            .optional()?,
-        AgentRole::Polecat => cx
-            .conn
-            .prepare_cached(
-                "SELECT a.bead_id FROM agent_metadata a JOIN beads b ON b.bead_id = a.bead_id \
-                 WHERE a.role = 'polecat' AND a.status = 'idle' AND a.current_hook_bead_id IS NULL \
-                 AND b.rig_id IS ?1 ORDER BY b.created_at, a.bead_id LIMIT 1",
-            )?
-            .query_row([rig], |r| r.get(0))
-            .optional()?,
+        AgentRole::Refinery => oldest(
+            &mut cx.conn.prepare_cached(
+                "SELECT bead_id, created_at FROM agent_metadata WHERE role = 'refinery' AND rig_id IS ?1",
+            )?,
+            rig,
+        )?,
+        AgentRole::Polecat => oldest(
+            &mut cx.conn.prepare_cached(
+                "SELECT bead_id, created_at FROM agent_metadata WHERE role = 'polecat' AND status = 'idle' \
+                 AND current_hook_bead_id IS NULL AND rig_id IS ?1",
+            )?,
+            rig,
+        )?,
     };
     match existing {
         Some(id) => Ok(id),
@@ -166,6 +172,15 @@ pub fn hook(cx: &mut Ctx<'_>, agent_id: &str, bead_id: &str) -> Result<()> {
     }
     if bead.label_set().has(Label::TriageRequest) {
         return Err(TownError::invalid("hook", format!("bead {bead_id} is a triage request; resolve it instead")));
+    }
+    // Merge requests are the refinery's work and only theirs: another agent's
+    // `gt_done` on an MR would open a review of the review and park the MR in
+    // `in_review`, where nothing ever moves it again.
+    if (bead.bead_type == BeadType::MergeRequest) != (agent.role == AgentRole::Refinery) {
+        return Err(TownError::invalid(
+            "hook",
+            format!("a {} cannot work {} bead {bead_id}", agent.role, bead.bead_type),
+        ));
     }
     match agent.current_hook_bead_id.as_deref() {
         Some(h) if h == bead_id => return Ok(()),

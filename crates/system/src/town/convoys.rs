@@ -215,6 +215,14 @@ pub fn add_bead(cx: &mut Ctx<'_>, convoy: &str, bead: &str, blocked_by: &[String
     }
     for blocker in blocked_by {
         beads::get(cx, blocker)?;
+        // A bead blocked by itself, directly or through others, is never
+        // dispatched and holds its convoy open forever.
+        if blocks_path(cx, blocker, bead)? {
+            return Err(TownError::invalid(
+                "convoy dependencies",
+                format!("bead {bead} blocked by {blocker} would close a dependency cycle"),
+            ));
+        }
     }
     let already = beads::dependencies_of(cx, bead, DepKind::Tracks)?.iter().any(|t| t == convoy);
     if !already {
@@ -227,6 +235,21 @@ pub fn add_bead(cx: &mut Ctx<'_>, convoy: &str, bead: &str, blocked_by: &[String
         beads::add_dependency(cx, bead, blocker, DepKind::Blocks)?;
     }
     Ok(())
+}
+
+/// Is `to` reachable from `from` along `blocks` edges (or the same bead)?
+fn blocks_path(cx: &Ctx<'_>, from: &str, to: &str) -> Result<bool> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![from.to_owned()];
+    while let Some(b) = todo.pop() {
+        if b == to {
+            return Ok(true);
+        }
+        if seen.insert(b.clone()) {
+            todo.extend(beads::dependencies_of(cx, &b, DepKind::Blocks)?);
+        }
+    }
+    Ok(false)
 }
 
 pub fn remove_bead(cx: &mut Ctx<'_>, convoy: &str, bead: &str) -> Result<()> {

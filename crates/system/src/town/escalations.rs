@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub const RE_ESCALATION_STEP_MS: i64 = 4 * HOUR_MS;
+/// (Written as a literal in the sweep's SQL, which must stay parameter-free.)
 pub const MAX_RE_ESCALATIONS: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,12 +145,12 @@ pub fn re_escalate_stale(cx: &mut Ctx<'_>) -> Result<Vec<Effect>> {
     let mut st = cx.conn.prepare_cached(
         "SELECT b.bead_id, b.rig_id, b.body, b.created_at, e.severity, e.re_escalation_count \
          FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id \
-         WHERE e.acknowledged = 0 AND e.re_escalation_count < ?1 AND b.status NOT IN ('closed', 'failed') \
+         WHERE e.acknowledged = 0 AND e.re_escalation_count < 3 AND b.status NOT IN ('closed', 'failed') \
          ORDER BY b.created_at, b.bead_id",
     )?;
     type Row = (String, Option<String>, Option<String>, i64, Severity, u32);
     let rows: Vec<Row> = st
-        .query_map([MAX_RE_ESCALATIONS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut effects = Vec::new();
     for (id, rig, body, created, severity, count) in rows {

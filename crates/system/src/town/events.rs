@@ -10,7 +10,7 @@ use crate::error::{Result, TownError};
 use crate::model::{AgentRole, AgentStatus, BeadStatus, EventType, TownConfig};
 use crate::store;
 use crate::time::{Timestamp, DAY_MS, SECOND_MS};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,14 +58,14 @@ pub fn upsert_container_status(cx: &mut Ctx<'_>, agent: &str, status: &str, exit
     // alternating reports (exited, not_found, exited) upstream's latest-only
     // lookup queued a second `exited`, breaking "one pending event per agent
     // and status". The bump moves it after the others, as the newest fact.
+    // MAX, not ORDER BY .. LIMIT 1: see `beads::sorted_ids` on re-preparation.
     let pending: Option<i64> = cx
         .conn
         .prepare_cached(
-            "SELECT seq FROM town_events WHERE event_type = 'container_status' AND agent_id = ?1 \
-             AND processed_at IS NULL AND json_extract(payload, '$.status') = ?2 ORDER BY created_at DESC, seq DESC LIMIT 1",
+            "SELECT MAX(seq) FROM town_events WHERE event_type = 'container_status' AND agent_id = ?1 \
+             AND processed_at IS NULL AND json_extract(payload, '$.status') = ?2",
         )?
-        .query_row(params![agent, status], |r| r.get(0))
-        .optional()?;
+        .query_row(params![agent, status], |r| r.get(0))?;
     if let Some(seq) = pending {
         cx.conn
             .prepare_cached("UPDATE town_events SET created_at = ?2 WHERE seq = ?1")?
@@ -120,30 +120,58 @@ pub struct DrainReport {
     pub retried: Vec<(String, String)>,
 }
 
-/// Apply every pending event, oldest first, each in its own savepoint.
+/// Apply every pending event, oldest first, each in its own savepoint; mark
+/// the processed ones with a single statement at the end.
 pub fn drain(cx: &mut Ctx<'_>, cfg: &TownConfig) -> Result<DrainReport> {
     let mut report = DrainReport::default();
+    let mut processed = Vec::new();
     for ev in pending(cx)? {
+        if changes_nothing(&ev) {
+            processed.push(ev.seq);
+            report.applied.push(ev.event_id);
+            continue;
+        }
         let conn = cx.conn;
         match store::savepoint(conn, || apply(cx, cfg, &ev)) {
             Ok(()) => {
-                mark_processed(cx, ev.seq)?;
+                processed.push(ev.seq);
                 report.applied.push(ev.event_id);
             }
             Err(e @ (TownError::NotFound { .. } | TownError::Invalid { .. })) => {
-                mark_processed(cx, ev.seq)?;
+                processed.push(ev.seq);
                 report.inapplicable.push((ev.event_id, e.to_string()));
             }
             Err(e) => report.retried.push((ev.event_id, e.to_string())),
         }
     }
+    mark_processed(cx, &processed)?;
     Ok(report)
 }
 
-fn mark_processed(cx: &Ctx<'_>, seq: i64) -> Result<()> {
+/// Facts that are recorded for the audit trail only, and container reports
+/// that do not say a process is gone: applying them changes no state, so they
+/// skip the savepoint and the lookups.
+fn changes_nothing(ev: &TownEvent) -> bool {
+    match EventType::parse(&ev.event_type) {
+        Some(EventType::BeadCreated | EventType::ContainerEviction | EventType::NudgeTimeout) => true,
+        Some(EventType::ContainerStatus) => {
+            ev.agent_id.as_deref().is_some_and(|a| !a.is_empty())
+                && !matches!(ev.payload.get("status").and_then(Value::as_str), Some("exited" | "not_found") | None)
+        }
+        _ => false,
+    }
+}
+
+fn mark_processed(cx: &Ctx<'_>, seqs: &[i64]) -> Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let list = serde_json::to_string(seqs)?;
     cx.conn
-        .prepare_cached("UPDATE town_events SET processed_at = ?2 WHERE seq = ?1 AND processed_at IS NULL")?
-        .execute(params![seq, cx.now.0])?;
+        .prepare_cached(
+            "UPDATE town_events SET processed_at = ?2 WHERE processed_at IS NULL AND seq IN (SELECT value FROM json_each(?1))",
+        )?
+        .execute(params![list, cx.now.0])?;
     Ok(())
 }
 

@@ -112,14 +112,18 @@ impl Checker {
         for rig in rows(conn, "SELECT b.rig_id FROM beads b JOIN review_metadata r ON r.bead_id = b.bead_id WHERE b.type = 'merge_request' AND b.status = 'in_progress' AND r.pr_url IS NULL AND b.rig_id IS NOT NULL GROUP BY b.rig_id HAVING COUNT(*) > 1", [])? {
             out.push(v("one_direct_review_per_rig", format!("rig {rig} has several URL-less MRs in progress")));
         }
-        // Rule 4 repairs this within its window plus one idle-cadence tick.
+        // Rule 4 repairs this within its window plus one idle-cadence tick,
+        // counted from the later of the issue's last change and its last MR's
+        // end: a reconciler rule that fails an MR (orphaned PR, refinery cap)
+        // leaves the source to Rule 4 on a later tick, so an issue long in
+        // review is legitimately MR-less until then.
         let grace = ORPHANED_SOURCE_TIMEOUT_MS + state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
         for id in rows(
             conn,
             "SELECT s.bead_id FROM beads s WHERE s.type = 'issue' AND s.status = 'in_review' AND s.updated_at < ?1 \
              AND NOT EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
                WHERE d.depends_on_bead_id = s.bead_id AND d.dependency_type = 'tracks' AND m.type = 'merge_request' \
-               AND m.status IN ('open', 'in_progress'))",
+               AND (m.status IN ('open', 'in_progress') OR m.updated_at >= ?1))",
             [now.minus_ms(grace).0],
         )? {
             out.push(v("in_review_has_live_mr", format!("issue {id} is in review with no live MR")));

@@ -467,6 +467,7 @@ impl Town {
                     format!("bead {bead} is {} and terminal states are final", b.status),
                 ));
             }
+            refuse_manual_status(cx, &b, status)?;
             if status.is_terminal() {
                 events::record(cx, EventType::BeadCancelled, None, Some(bead), json!({ "cancel_status": status }))?;
                 beads::update_status_because(cx, bead, status, actor, None, beads::CloseCause::UserClosed)?;
@@ -659,6 +660,31 @@ impl Town {
     }
 }
 
+/// Non-terminal statuses the town's own machinery owns, refused to outside
+/// callers because nothing would move the bead on from them.
+fn refuse_manual_status(cx: &Ctx<'_>, b: &Bead, to: BeadStatus) -> Result<()> {
+    if b.status == to || to.is_terminal() {
+        return Ok(());
+    }
+    let why = match (b.bead_type, to) {
+        // Starting a review is the review queue's call (Rule 5 pops one
+        // direct review per rig at a time); a forced one would run beside it.
+        (BeadType::MergeRequest, BeadStatus::InProgress | BeadStatus::InReview) => {
+            "a merge request starts review only from the queue"
+        }
+        // The convoy rules watch open convoys only: any other live status
+        // would keep it from ever landing.
+        (BeadType::Convoy, _) => "a convoy stays open until it lands, closes or fails",
+        // Nothing moves an issue out of review but its MRs ending (Rule 4
+        // skips MR-less issues), so a review-less `in_review` would be stuck.
+        (_, BeadStatus::InReview) if !review::has_live_mr(cx, &b.bead_id)? => {
+            "only a review submission puts a bead without a live merge request in review"
+        }
+        _ => return Ok(()),
+    };
+    Err(TownError::invalid("status", format!("bead {} cannot become {to}: {why}", b.bead_id)))
+}
+
 fn apply_outcome(cx: &mut Ctx<'_>, o: &Outcome) -> Result<()> {
     match o {
         Outcome::AgentStart { agent_id, started, .. } => scheduling::on_start_result(cx, agent_id, *started),
@@ -692,9 +718,12 @@ pub fn has_active_work(conn: &Connection, now: Timestamp) -> Result<bool> {
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM agent_metadata WHERE status = 'working' OR (status = 'stalled' AND last_activity_at > ?1)) \
              OR EXISTS (SELECT 1 FROM agent_metadata WHERE status = 'idle' AND current_hook_bead_id IS NOT NULL) \
-             OR EXISTS (SELECT 1 FROM beads WHERE type = 'merge_request' AND status IN ('open', 'in_progress')) \
-             OR EXISTS (SELECT 1 FROM beads WHERE type = 'issue' AND status = 'open' AND labels LIKE '%\"gt:triage-request\"%') \
-             OR EXISTS (SELECT 1 FROM beads WHERE type = 'issue' AND status = 'open' AND rig_id IS NOT NULL AND assignee_agent_bead_id IS NULL)",
+             OR EXISTS (SELECT 1 FROM beads WHERE type = 'merge_request' AND status IN ('open', 'in_progress', 'in_review') \
+                AND status != 'in_review') \
+             OR EXISTS (SELECT 1 FROM beads WHERE type = 'issue' AND status IN ('open', 'in_progress', 'in_review') \
+                AND status = 'open' AND labels LIKE '%\"gt:triage-request\"%') \
+             OR EXISTS (SELECT 1 FROM beads WHERE type = 'issue' AND status IN ('open', 'in_progress', 'in_review') \
+                AND status = 'open' AND rig_id IS NOT NULL AND assignee_agent_bead_id IS NULL)",
         )?
         .query_row([cutoff], |r| r.get(0))?)
 }

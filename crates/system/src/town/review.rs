@@ -39,6 +39,15 @@ pub fn submit(cx: &mut Ctx<'_>, s: SubmitReview<'_>) -> Result<String> {
     if s.branch.trim().is_empty() {
         return Err(TownError::invalid("review", "branch is empty"));
     }
+    // Fix-up work pushes to the PR it fixes; a review of its own would be a
+    // second PR for the same change (bug i). `gt_done` closes such beads, and
+    // a direct submission must not bypass that.
+    if never_reviewed(beads::get(cx, s.source_bead_id)?.label_set()) {
+        return Err(TownError::invalid(
+            "review",
+            format!("bead {} is fix-up work and is never reviewed", s.source_bead_id),
+        ));
+    }
     let pr_url = match s.pr_url {
         Some(u) => Some(PrUrl::parse(u).map(|_| u.to_owned())?),
         None => None,
@@ -181,7 +190,8 @@ fn refinery_done_without_hook(cx: &mut Ctx<'_>, agent: &agents::Agent, done: &Do
         .conn
         .prepare_cached(
             "SELECT bead_id FROM beads WHERE type = 'merge_request' AND assignee_agent_bead_id = ?1 \
-             AND status IN ('open', 'in_progress') ORDER BY updated_at DESC, bead_id LIMIT 1",
+             AND status IN ('open', 'in_progress', 'in_review') AND status != 'in_review' \
+             ORDER BY updated_at DESC, bead_id LIMIT 1",
         )?
         .query_row([&agent.agent_id], |r| r.get(0))
         .optional()?;
@@ -444,6 +454,18 @@ pub fn request_changes(cx: &mut Ctx<'_>, refinery_id: &str, feedback: &str, file
         json!({"bead_type": "issue", "rig_id": mr.rig_id}),
     )?;
     Ok(rework)
+}
+
+/// Does an open or in-progress MR track `source`?
+pub fn has_live_mr(cx: &Ctx<'_>, source: &str) -> Result<bool> {
+    Ok(cx
+        .conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
+             WHERE d.depends_on_bead_id = ?1 AND d.dependency_type = 'tracks' AND m.type = 'merge_request' \
+             AND m.status IN ('open', 'in_progress'))",
+        )?
+        .query_row([source], |r| r.get(0))?)
 }
 
 /// A live MR, or `None` when it is gone or terminal (the fact no longer applies).

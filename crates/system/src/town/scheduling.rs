@@ -33,8 +33,7 @@ pub fn begin_dispatch(cx: &mut Ctx<'_>, agent_id: &str, bead_id: &str) -> Result
         )?
         .execute(params![bead_id, cx.now.0])?;
     let rig_id = bead.rig_id.clone().or(agent.rig_id.clone()).unwrap_or_default();
-    let rig = state::find_rig(cx.conn, &rig_id)?;
-    let default_branch = rig.as_ref().map_or_else(|| "main".to_owned(), |r| r.default_branch.clone());
+    let default_branch = state::default_branch(cx.conn, &rig_id)?;
     let mut prompt = bead.title.clone();
     if let Some(body) = &bead.body {
         prompt.push_str("\n\n");

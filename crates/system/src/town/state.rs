@@ -95,6 +95,15 @@ pub fn find_rig(conn: &Connection, id: &str) -> Result<Option<Rig>> {
         .transpose()
 }
 
+/// A rig's default branch (`main` for an unknown rig), without parsing its config.
+pub fn default_branch(conn: &Connection, id: &str) -> Result<String> {
+    Ok(conn
+        .prepare_cached("SELECT default_branch FROM rigs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?
+        .unwrap_or_else(|| "main".to_owned()))
+}
+
 pub fn get_rig(cx: &Ctx<'_>, id: &str) -> Result<Rig> {
     find_rig(cx.conn, id)?.ok_or_else(|| TownError::not_found("Rig", id))
 }

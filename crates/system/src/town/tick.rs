@@ -10,6 +10,7 @@ use super::reconciler::{self, constants::DRAIN_TIMEOUT_MS};
 use super::snapshot::TownSnapshot;
 use super::{escalations, nudges, state, Town};
 use crate::error::Result;
+use crate::model::TownConfig;
 use crate::store;
 use crate::time::Timestamp;
 use serde::Serialize;
@@ -50,31 +51,29 @@ impl Town {
             state::set_alarm(&self.conn, None)?;
             return Ok(None);
         }
-        let cfg = self.config.clone();
-        let town_id = self.town_id.clone();
         let tx = self.conn.unchecked_transaction()?;
-        let mut cx = Ctx::new(&tx, now, &mut self.ids);
-        let mut report = TickReport { at: now, ..Default::default() };
-        report.events = events::drain(&mut cx, &cfg)?;
-        let mut drain = state::drain_state(cx.conn)?;
-        if drain.draining && drain.started_at.is_none_or(|t| now.since(t) > DRAIN_TIMEOUT_MS) {
-            state::clear_drain(cx.conn)?;
-            drain = state::DrainState::default();
-            report.drain_timed_out = true;
-        }
-        let snapshot = TownSnapshot::load(cx.conn, now, drain.draining, &cfg)?;
-        let planned = reconciler::reconcile(&snapshot);
-        for action in &planned {
-            *report.actions_by_type.entry(action.kind()).or_default() += 1;
-            match store::savepoint(cx.conn, || actions::apply(&mut cx, &town_id, action)) {
-                Ok(Some(effect)) => report.effects.push(effect),
-                Ok(None) => {}
-                Err(e) => report.action_errors.push((action.kind(), e.to_string())),
-            }
-        }
-        report.actions = planned;
+        let report = phases_0_and_1(&mut Ctx::new(&tx, now, &mut self.ids), &self.config, &self.town_id)?;
         tx.commit()?;
         Ok(Some(TickPlan { report }))
+    }
+
+    /// What the next tick would do: phases 0 and 1 run in a transaction that is
+    /// then rolled back, so nothing changes. Benchmarks measure ticks with it.
+    pub fn plan_tick(&mut self) -> Result<TickReport> {
+        let now = self.clock.now();
+        let tx = self.conn.unchecked_transaction()?;
+        let report = phases_0_and_1(&mut Ctx::new(&tx, now, &mut self.ids), &self.config, &self.town_id)?;
+        tx.rollback()?;
+        Ok(report)
+    }
+
+    /// Run `f` in a transaction that is rolled back afterwards.
+    pub fn dry_run<T>(&mut self, f: impl FnOnce(&mut Ctx<'_>, &TownConfig, &str) -> Result<T>) -> Result<T> {
+        let now = self.clock.now();
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(&mut Ctx::new(&tx, now, &mut self.ids), &self.config, &self.town_id);
+        tx.rollback()?;
+        out
     }
 
     /// After the effects ran: apply outcomes, check invariants, housekeeping,
@@ -112,6 +111,33 @@ impl Town {
         self.apply_outcomes(&later)?;
         Ok(Some(report))
     }
+}
+
+/// Phase 0 (drain events), the drain-flag timeout, and Phase 1 (snapshot,
+/// reconcile, apply each action in its own savepoint).
+fn phases_0_and_1(cx: &mut Ctx<'_>, cfg: &TownConfig, town_id: &str) -> Result<TickReport> {
+    let now = cx.now;
+    let mut report = TickReport { at: now, ..Default::default() };
+    report.events = events::drain(cx, cfg)?;
+    let mut drain = state::drain_state(cx.conn)?;
+    if drain.draining && drain.started_at.is_none_or(|t| now.since(t) > DRAIN_TIMEOUT_MS) {
+        state::clear_drain(cx.conn)?;
+        drain = state::DrainState::default();
+        report.drain_timed_out = true;
+    }
+    let snapshot = TownSnapshot::load(cx.conn, now, drain.draining, cfg)?;
+    let planned = reconciler::reconcile(&snapshot);
+    for action in &planned {
+        *report.actions_by_type.entry(action.kind()).or_default() += 1;
+        let conn = cx.conn;
+        match store::savepoint(conn, || actions::apply(cx, town_id, action)) {
+            Ok(Some(effect)) => report.effects.push(effect),
+            Ok(None) => {}
+            Err(e) => report.action_errors.push((action.kind(), e.to_string())),
+        }
+    }
+    report.actions = planned;
+    Ok(report)
 }
 
 fn outcome_ok(o: &Outcome) -> bool {

@@ -30,7 +30,7 @@ pub fn create(cx: &mut Ctx<'_>, req: TriageRequest<'_>) -> Result<Option<String>
         let dup: u32 = cx
             .conn
             .prepare_cached(
-                "SELECT COUNT(*) FROM beads WHERE type = 'issue' AND status = 'open' AND labels LIKE ?1 \
+                "SELECT COUNT(*) FROM beads WHERE type = 'issue' AND status IN ('open', 'in_progress', 'in_review') AND status = 'open' AND labels LIKE ?1 \
                  AND assignee_agent_bead_id = ?2 AND json_extract(metadata, '$.triage_type') = ?3",
             )?
             .query_row(params![pattern, agent, req.triage_type], |r| r.get(0))?;
@@ -42,7 +42,7 @@ pub fn create(cx: &mut Ctx<'_>, req: TriageRequest<'_>) -> Result<Option<String>
         let open: u32 = cx
             .conn
             .prepare_cached(
-                "SELECT COUNT(*) FROM beads WHERE type = 'issue' AND status = 'open' AND labels LIKE ?1 \
+                "SELECT COUNT(*) FROM beads WHERE type = 'issue' AND status IN ('open', 'in_progress', 'in_review') AND status = 'open' AND labels LIKE ?1 \
                  AND COALESCE(json_extract(metadata, '$.triage_type'), '') != 'escalation'",
             )?
             .query_row([pattern], |r| r.get(0))?;

@@ -43,11 +43,7 @@ pub fn reconcile(s: &TownSnapshot, out: &mut Vec<Action>) {
 /// convoys wait; beads past the rig's attempt cap fail.
 fn assign(s: &TownSnapshot, b: &SnapBead, breaker: bool, out: &mut Vec<Action>) {
     let Some(rig) = b.rig_id.as_deref() else { return };
-    if b.labels.has(Label::TriageRequest)
-        || b.labels.has(Label::Held)
-        || s.has_unresolved_blockers(&b.id)
-        || s.tracks_staged_convoy(&b.id)
-        || s.draining
+    if b.labels.has(Label::TriageRequest) || b.labels.has(Label::Held) || b.blocked || b.in_staged_convoy || s.draining
     {
         return;
     }
@@ -92,9 +88,9 @@ fn idle_hooked_dispatch(s: &TownSnapshot, breaker: bool, out: &mut Vec<Action>) 
             continue;
         }
         if in_cooldown(s, b.dispatch_attempts, b.last_dispatch_attempt_at)
-            || s.has_unresolved_blockers(&b.id)
+            || b.blocked
             || b.labels.has(Label::Held)
-            || s.tracks_staged_convoy(&b.id)
+            || b.in_staged_convoy
             || s.draining
             || breaker
         {
@@ -177,7 +173,7 @@ mod tests {
         k.issue("blocked", BeadStatus::Open);
         k.block("blocked", "ok");
         k.issue("norig", BeadStatus::Open);
-        k.s.beads.get_mut("norig").unwrap().rig_id = None;
+        k.s.bead_mut("norig").unwrap().rig_id = None;
         k.convoy("c", crate::model::MergeMode::ReviewThenLand, None).staged = true;
         k.issue("staged", BeadStatus::Open);
         k.track("staged", "c");
@@ -229,15 +225,15 @@ mod tests {
     fn rule1b_clears_assignee_without_matching_hook() {
         let mut k = Kit::new();
         k.issue("held_ok", BeadStatus::Open);
-        k.s.beads.get_mut("held_ok").unwrap().assignee = Some("a".into());
+        k.s.bead_mut("held_ok").unwrap().assignee = Some("a".into());
         k.agent("a", AgentStatus::Idle, Some("held_ok"), Some(k.ago(1)));
         k.issue("stale", BeadStatus::Open);
-        k.s.beads.get_mut("stale").unwrap().assignee = Some("ghost".into());
+        k.s.bead_mut("stale").unwrap().assignee = Some("ghost".into());
         k.issue("sys", BeadStatus::Open);
-        k.s.beads.get_mut("sys").unwrap().assignee = Some("system".into());
+        k.s.bead_mut("sys").unwrap().assignee = Some("system".into());
         k.issue("tr", BeadStatus::Open);
         k.label("tr", &[Label::TriageRequest]);
-        k.s.beads.get_mut("tr").unwrap().assignee = Some("ghost".into());
+        k.s.bead_mut("tr").unwrap().assignee = Some("ghost".into());
         k.draining = true;
         let out = k.run(reconcile);
         let cleared: Vec<_> = out
@@ -255,15 +251,15 @@ mod tests {
         let mut k = Kit::new();
         k.rig_overrides(RigOverrides { max_dispatch_attempts: Some(50), ..Default::default() });
         k.issue("b", BeadStatus::Open);
-        k.s.beads.get_mut("b").unwrap().assignee = Some("a".into());
+        k.s.bead_mut("b").unwrap().assignee = Some("a".into());
         k.agent("a", AgentStatus::Idle, Some("b"), Some(k.ago(1)));
         k.issue("capped", BeadStatus::Open);
-        k.s.beads.get_mut("capped").unwrap().dispatch_attempts = 5;
-        k.s.beads.get_mut("capped").unwrap().assignee = Some("c".into());
+        k.s.bead_mut("capped").unwrap().dispatch_attempts = 5;
+        k.s.bead_mut("capped").unwrap().assignee = Some("c".into());
         k.agent("c", AgentStatus::Idle, Some("capped"), Some(k.ago(1)));
         k.issue("held", BeadStatus::Open);
         k.label("held", &[Label::Held]);
-        k.s.beads.get_mut("held").unwrap().assignee = Some("h".into());
+        k.s.bead_mut("held").unwrap().assignee = Some("h".into());
         k.agent("h", AgentStatus::Idle, Some("held"), Some(k.ago(1)));
         let out = k.run(reconcile);
         assert_eq!(dispatched(&out), vec![(Some("a"), "b")]);
@@ -277,11 +273,11 @@ mod tests {
         for id in ["at", "past", "working", "fresh", "capped"] {
             k.issue(id, BeadStatus::InProgress);
         }
-        k.s.beads.get_mut("at").unwrap().updated_at = k.ago(STALE_IN_PROGRESS_TIMEOUT_MS);
+        k.s.bead_mut("at").unwrap().updated_at = k.ago(STALE_IN_PROGRESS_TIMEOUT_MS);
         for id in ["past", "working", "fresh", "capped"] {
-            k.s.beads.get_mut(id).unwrap().updated_at = k.ago(STALE_IN_PROGRESS_TIMEOUT_MS + 1);
+            k.s.bead_mut(id).unwrap().updated_at = k.ago(STALE_IN_PROGRESS_TIMEOUT_MS + 1);
         }
-        k.s.beads.get_mut("capped").unwrap().dispatch_attempts = 5;
+        k.s.bead_mut("capped").unwrap().dispatch_attempts = 5;
         k.agent("w", AgentStatus::Working, Some("working"), Some(k.ago(10 * 60_000)));
         k.agent("f", AgentStatus::Idle, Some("fresh"), Some(k.ago(HEARTBEAT_STALE_MS)));
         k.draining = true;
@@ -294,9 +290,9 @@ mod tests {
         let mut k = Kit::new();
         for id in ["merged", "failed", "live", "none", "young"] {
             k.issue(id, BeadStatus::InReview);
-            k.s.beads.get_mut(id).unwrap().updated_at = k.ago(ORPHANED_SOURCE_TIMEOUT_MS + 1);
+            k.s.bead_mut(id).unwrap().updated_at = k.ago(ORPHANED_SOURCE_TIMEOUT_MS + 1);
         }
-        k.s.beads.get_mut("young").unwrap().updated_at = k.ago(ORPHANED_SOURCE_TIMEOUT_MS);
+        k.s.bead_mut("young").unwrap().updated_at = k.ago(ORPHANED_SOURCE_TIMEOUT_MS);
         k.mr("m1", BeadStatus::Failed, Some("merged"), None);
         k.mr("m2", BeadStatus::Closed, Some("merged"), None);
         k.mr("m3", BeadStatus::Failed, Some("failed"), None);

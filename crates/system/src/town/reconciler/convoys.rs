@@ -103,7 +103,7 @@ mod tests {
         k.track("b", "c");
         let out = k.run(reconcile);
         assert_eq!(out, vec![Action::UpdateConvoyProgress { convoy_id: "c".into(), closed_beads: 1 }]);
-        k.s.beads.get_mut("b").unwrap().status = BeadStatus::Failed;
+        k.s.bead_mut("b").unwrap().status = BeadStatus::Failed;
         k.s.convoys.get_mut("c").unwrap().closed_beads = 2;
         assert_eq!(k.run(reconcile), vec![Action::SetConvoyReadyToLand { convoy_id: "c".into() }]);
         k.s.convoys.get_mut("c").unwrap().ready_to_land = true;
@@ -122,7 +122,7 @@ mod tests {
         let mut k = landing_kit(1, Some(10 * 60_000));
         k.mr("land", BeadStatus::InProgress, Some("c"), None);
         assert!(k.run(reconcile).is_empty());
-        k.s.beads.get_mut("land").unwrap().status = BeadStatus::Closed;
+        k.s.bead_mut("land").unwrap().status = BeadStatus::Closed;
         assert_eq!(k.run(reconcile), vec![Action::CloseConvoy { convoy_id: "c".into() }]);
     }
 

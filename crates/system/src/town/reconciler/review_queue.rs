@@ -60,7 +60,7 @@ fn per_mr(s: &TownSnapshot, mr: &SnapBead, r: &SnapReview, out: &mut Vec<Action>
     if mr.status != BeadStatus::InProgress {
         return;
     }
-    let blocked = s.has_unresolved_blockers(&mr.id);
+    let blocked = mr.blocked;
     match &r.pr_url {
         Some(url) => {
             // Rule 1: poll at most once a minute; merge every tick while flagged,
@@ -216,13 +216,23 @@ fn pop_for_refinery(
 
 /// Rule 6: an idle refinery still hooked to an in-progress MR is sent back to
 /// it, unless the MR waits for a human; the MR fails at the rig's cap first.
+/// One hooked to a live MR that needs no refinery is unhooked.
 fn redispatch_refineries(s: &TownSnapshot, breaker: bool, out: &mut Vec<Action>) {
     for a in s.agents.iter().filter(|a| a.role == AgentRole::Refinery && a.status == AgentStatus::Idle) {
         let Some(mr) = a.hook.as_deref().and_then(|h| s.bead(h)) else { continue };
-        if mr.bead_type != BeadType::MergeRequest || mr.status != BeadStatus::InProgress {
+        if mr.bead_type != BeadType::MergeRequest || !matches!(mr.status, BeadStatus::Open | BeadStatus::InProgress) {
             continue;
         }
-        if s.reviews.get(&mr.id).is_some_and(|r| r.awaiting_approval) || s.draining {
+        // A refinery hooked by hand to an MR its rig does not review (bug c)
+        // lets go instead of being sent to it.
+        if !refinery_needed(s, mr) {
+            out.push(Action::unhook(&a.id, "code review is off for this MR"));
+            continue;
+        }
+        if mr.status != BeadStatus::InProgress
+            || s.reviews.get(&mr.id).is_some_and(|r| r.awaiting_approval)
+            || s.draining
+        {
             continue;
         }
         let rig = mr.rig_id.as_deref().or(a.rig_id.as_deref()).unwrap_or("");
@@ -298,9 +308,9 @@ mod tests {
         for id in ["orphan", "fresh", "waiting"] {
             k.mr(id, BeadStatus::InProgress, None, Some(PR));
             k.review(id).last_poll_at = Some(k.ago(1000));
-            k.s.beads.get_mut(id).unwrap().updated_at = k.ago(ORPHANED_PR_REVIEW_TIMEOUT_MS + 1);
+            k.s.bead_mut(id).unwrap().updated_at = k.ago(ORPHANED_PR_REVIEW_TIMEOUT_MS + 1);
         }
-        k.s.beads.get_mut("fresh").unwrap().updated_at = k.ago(ORPHANED_PR_REVIEW_TIMEOUT_MS);
+        k.s.bead_mut("fresh").unwrap().updated_at = k.ago(ORPHANED_PR_REVIEW_TIMEOUT_MS);
         k.review("waiting").awaiting_approval = true;
         let out = k.run(reconcile);
         assert_eq!(transitions(&out), vec![("orphan", BeadStatus::Failed)]);
@@ -312,12 +322,12 @@ mod tests {
     fn rules_2_and_3_direct_reviews() {
         let mut k = Kit::new();
         k.mr("stuck", BeadStatus::InProgress, None, None);
-        k.s.beads.get_mut("stuck").unwrap().updated_at = k.ago(STUCK_REVIEW_TIMEOUT_MS + 1);
+        k.s.bead_mut("stuck").unwrap().updated_at = k.ago(STUCK_REVIEW_TIMEOUT_MS + 1);
         k.refinery("r", AgentStatus::Idle, Some("stuck"), Some(k.ago(1)));
         k.mr("abandoned", BeadStatus::InProgress, None, None);
-        k.s.beads.get_mut("abandoned").unwrap().updated_at = k.ago(ABANDONED_MR_TIMEOUT_MS + 1);
+        k.s.bead_mut("abandoned").unwrap().updated_at = k.ago(ABANDONED_MR_TIMEOUT_MS + 1);
         k.mr("rework", BeadStatus::InProgress, None, None);
-        k.s.beads.get_mut("rework").unwrap().updated_at = k.ago(STUCK_REVIEW_TIMEOUT_MS + 1);
+        k.s.bead_mut("rework").unwrap().updated_at = k.ago(STUCK_REVIEW_TIMEOUT_MS + 1);
         k.block("rework", "x");
         let out = k.run(reconcile);
         let t = transitions(&out);
@@ -335,7 +345,7 @@ mod tests {
         k.mr("with_pr", BeadStatus::Open, None, Some(PR));
         k.mr("no_pr", BeadStatus::Open, Some("src"), None);
         k.mr("landing", BeadStatus::Open, None, None);
-        k.s.beads.get_mut("landing").unwrap().created_by = Some("system".into());
+        k.s.bead_mut("landing").unwrap().created_by = Some("system".into());
         let out = k.run(reconcile);
         let t = transitions(&out);
         assert!(t.contains(&("with_pr", BeadStatus::InProgress)));
@@ -395,7 +405,7 @@ mod tests {
         k.review("m").awaiting_approval = true;
         assert!(dispatched(&k.run(reconcile)).is_empty());
         k.review("m").awaiting_approval = false;
-        let b = k.s.beads.get_mut("m").unwrap();
+        let b = k.s.bead_mut("m").unwrap();
         b.dispatch_attempts = 5;
         b.last_dispatch_attempt_at = Some(NOW);
         let out = k.run(reconcile);

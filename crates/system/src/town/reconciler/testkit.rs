@@ -35,8 +35,8 @@ impl Kit {
                 draining: false,
                 config,
                 rigs,
-                beads: BTreeMap::new(),
-                live_order: Vec::new(),
+                beads: Vec::new(),
+                index: BTreeMap::new(),
                 reviews: BTreeMap::new(),
                 convoys: BTreeMap::new(),
                 agents: Vec::new(),
@@ -74,12 +74,11 @@ impl Kit {
             created_by: Some("user".into()),
             created_at: NOW.minus_ms(3_600_000 - self.seq),
             updated_at: NOW,
+            blocked: false,
+            in_staged_convoy: false,
         };
-        if status.is_live() {
-            self.s.live_order.push(id.to_owned());
-        }
-        self.s.beads.insert(id.to_owned(), b);
-        self.s.beads.get_mut(id).unwrap()
+        self.s.push_bead(b);
+        self.s.bead_mut(id).unwrap()
     }
 
     pub fn issue(&mut self, id: &str, status: BeadStatus) -> String {
@@ -101,7 +100,7 @@ impl Kit {
                 Label::Babysit => "gt:babysit",
             })
             .collect();
-        self.s.beads.get_mut(id).unwrap().labels = LabelSet::from_labels(names);
+        self.s.bead_mut(id).unwrap().labels = LabelSet::from_labels(names);
     }
 
     /// An MR tracking `source`, with an optional PR.
@@ -202,6 +201,7 @@ impl Kit {
 
     pub fn run(&mut self, f: fn(&TownSnapshot, &mut Vec<Action>)) -> Vec<Action> {
         self.s.draining = self.draining;
+        self.s.derive_flags();
         let mut out = Vec::new();
         f(&self.s, &mut out);
         out
