@@ -410,6 +410,33 @@ mod tests {
         );
     }
 
+    /// Re-prepared statements cost more than everything else in a tick once
+    /// they start (see ARCHITECTURE.md): no statement may re-prepare while a
+    /// town ticks.
+    #[test]
+    fn ticking_never_reprepares_a_statement() {
+        let (mut town, _clock) = build(&TownShape::s(), Storage::Memory, 3).unwrap();
+        for _ in 0..5 {
+            town.plan_tick().unwrap();
+            town.dry_run(|cx, cfg, _| crate::town::snapshot::TownSnapshot::load(cx.conn, cx.now, false, cfg)).unwrap();
+        }
+        let mut offenders = Vec::new();
+        // SAFETY: the connection is open and owned by `town` for the whole loop;
+        // sqlite3_next_stmt/stmt_status/sql only read statement metadata.
+        unsafe {
+            use rusqlite::ffi;
+            let db = town.conn().handle();
+            let mut st = ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+            while !st.is_null() {
+                if ffi::sqlite3_stmt_status(st, ffi::SQLITE_STMTSTATUS_REPREPARE, 0) > 0 {
+                    offenders.push(std::ffi::CStr::from_ptr(ffi::sqlite3_sql(st)).to_string_lossy().into_owned());
+                }
+                st = ffi::sqlite3_next_stmt(db, st);
+            }
+        }
+        assert!(offenders.is_empty(), "statements re-prepared while ticking: {offenders:#?}");
+    }
+
     #[test]
     fn m_shape_matches_the_design_targets() {
         let m = TownShape::m();
