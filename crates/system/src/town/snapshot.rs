@@ -146,22 +146,7 @@ fn push_unique(map: &mut BTreeMap<String, Vec<String>>, key: String, value: Stri
 
 impl TownSnapshot {
     pub fn load(conn: &Connection, now: Timestamp, draining: bool, config: &TownConfig) -> Result<TownSnapshot> {
-        let mut s = TownSnapshot {
-            now,
-            draining,
-            config: config.clone(),
-            rigs: BTreeMap::new(),
-            beads: Vec::new(),
-            index: BTreeMap::new(),
-            reviews: BTreeMap::new(),
-            convoys: BTreeMap::new(),
-            agents: Vec::new(),
-            unresolved_blockers: BTreeMap::new(),
-            tracks: BTreeMap::new(),
-            tracked_by: BTreeMap::new(),
-            recent_nudges: BTreeSet::new(),
-            breaker_failures: 0,
-        };
+        let mut s = TownSnapshot::empty(now, draining, config);
         for rig in state::list_rigs(conn)? {
             let settings = RigSettings::resolve(config, &rig.config, DEFAULT_MAX_DISPATCH_ATTEMPTS);
             s.rigs.insert(rig.id, SnapRig { default_branch: rig.default_branch, git_url: rig.git_url, settings });
@@ -376,6 +361,26 @@ impl TownSnapshot {
             let b = &mut self.beads[i];
             b.blocked = blocked;
             b.in_staged_convoy = staged;
+        }
+    }
+
+    /// A snapshot with nothing loaded yet (the loader and rule tests fill it).
+    pub fn empty(now: Timestamp, draining: bool, config: &TownConfig) -> TownSnapshot {
+        TownSnapshot {
+            now,
+            draining,
+            config: config.clone(),
+            rigs: BTreeMap::new(),
+            beads: Vec::new(),
+            index: BTreeMap::new(),
+            reviews: BTreeMap::new(),
+            convoys: BTreeMap::new(),
+            agents: Vec::new(),
+            unresolved_blockers: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+            tracked_by: BTreeMap::new(),
+            recent_nudges: BTreeSet::new(),
+            breaker_failures: 0,
         }
     }
 

@@ -6,7 +6,7 @@ use crate::model::{
 use crate::time::Timestamp;
 use crate::town::actions::Action;
 use crate::town::snapshot::{SnapAgent, SnapBead, SnapConvoy, SnapReview, SnapRig, TownSnapshot};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub const NOW: Timestamp = Timestamp(1_780_000_000_000);
 pub const RIG: &str = "rig-1";
@@ -29,26 +29,9 @@ impl Kit {
                 settings: RigSettings::resolve(&config, &RigOverrides::default(), 5),
             },
         );
-        Kit {
-            s: TownSnapshot {
-                now: NOW,
-                draining: false,
-                config,
-                rigs,
-                beads: Vec::new(),
-                index: BTreeMap::new(),
-                reviews: BTreeMap::new(),
-                convoys: BTreeMap::new(),
-                agents: Vec::new(),
-                unresolved_blockers: BTreeMap::new(),
-                tracks: BTreeMap::new(),
-                tracked_by: BTreeMap::new(),
-                recent_nudges: BTreeSet::new(),
-                breaker_failures: 0,
-            },
-            draining: false,
-            seq: 0,
-        }
+        let mut s = TownSnapshot::empty(NOW, false, &config);
+        s.rigs = rigs;
+        Kit { s, draining: false, seq: 0 }
     }
 
     pub fn ago(&self, ms: i64) -> Timestamp {
