@@ -71,6 +71,8 @@ pub struct SeedResult {
     pub beads_unfinished: u64,
     pub failures: Vec<Failure>,
     pub trace_hash: String,
+    /// Unfinished issue beads and the agents around them at the end of the run.
+    pub stuck: Vec<String>,
     #[serde(skip)]
     pub trace: Vec<String>,
 }
@@ -415,6 +417,40 @@ impl World {
     fn finish(mut self, seed: u64, end: Timestamp) -> Result<SeedResult, TownError> {
         let issues = self.town.beads_of(BeadType::Issue, None)?;
         let count = |s: BeadStatus| issues.iter().filter(|b| b.status == s).count() as u64;
+        let mut stuck: Vec<String> = issues
+            .iter()
+            .filter(|b| b.status.is_live())
+            .map(|b| {
+                format!(
+                    "issue {} {} assignee={} attempts={} updated {}s ago",
+                    b.bead_id,
+                    b.status,
+                    b.assignee_agent_bead_id.as_deref().unwrap_or("-"),
+                    b.dispatch_attempts,
+                    end.since(b.updated_at) / 1000
+                )
+            })
+            .collect();
+        for mr in self.town.beads_of(BeadType::MergeRequest, None)?.into_iter().filter(|b| b.status.is_live()) {
+            stuck.push(format!(
+                "mr {} {} assignee={} by={} updated {}s ago",
+                mr.bead_id,
+                mr.status,
+                mr.assignee_agent_bead_id.as_deref().unwrap_or("-"),
+                mr.created_by.as_deref().unwrap_or("-"),
+                end.since(mr.updated_at) / 1000
+            ));
+        }
+        for a in self.town.agents()? {
+            stuck.push(format!(
+                "agent {} {} {} hook={} attempts={}",
+                a.agent_id,
+                a.role,
+                a.status,
+                a.current_hook_bead_id.as_deref().unwrap_or("-"),
+                a.dispatch_attempts
+            ));
+        }
         Ok(SeedResult {
             seed,
             ticks: self.ticks,
@@ -425,6 +461,7 @@ impl World {
             beads_unfinished: issues.iter().filter(|b| b.status.is_live()).count() as u64,
             failures: self.failures,
             trace_hash: self.trace.hash(),
+            stuck,
             trace: self.trace.records().to_vec(),
         })
     }

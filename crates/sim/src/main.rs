@@ -6,6 +6,14 @@ use gastown_sim::{run_seed, SeedResult, SimParams};
 use serde_json::json;
 use std::process::ExitCode;
 
+/// Print a line; a closed pipe (`| head`) ends the output quietly instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "gastown-sim", version, about = "Deterministic simulator for the Gastown control plane")]
 struct Cli {
@@ -95,7 +103,7 @@ fn main() -> ExitCode {
 
 fn one(seed: u64, p: &SimParams) -> Result<SeedResult, ExitCode> {
     run_seed(seed, p).map_err(|e| {
-        eprintln!("seed {seed}: the simulation could not run: {e}");
+        eout!("seed {seed}: the simulation could not run: {e}");
         ExitCode::from(2)
     })
 }
@@ -134,22 +142,22 @@ fn run(seeds: u64, seed: Option<u64>, w: &Workload, as_json: bool) -> ExitCode {
         if results.len() == 1 {
             out["trace_hash"] = json!(results[0].trace_hash);
         }
-        println!("{out}");
+        out!("{out}");
     } else {
         for r in &results {
             let verdict = if r.failures.is_empty() { "ok" } else { "FAILED" };
-            println!(
+            out!(
                 "seed {:>4} {verdict:<6} ticks {:>5}  beads {:>3} created {:>3} closed {:>2} failed {:>2} unfinished  trace {}",
                 r.seed, r.ticks, r.beads_created, r.beads_closed, r.beads_failed, r.beads_unfinished, r.trace_hash
             );
             for f in r.failures.iter().take(5) {
-                println!("    {} at {} ms: {}", f.invariant, f.sim_time_ms, f.detail);
+                out!("    {} at {} ms: {}", f.invariant, f.sim_time_ms, f.detail);
             }
             if !r.failures.is_empty() {
-                println!("    replay: gastown-sim replay --seed {} --hours {}", r.seed, w.hours);
+                out!("    replay: gastown-sim replay --seed {} --hours {}", r.seed, w.hours);
             }
         }
-        println!("{} passed, {} failed", results.len() - failed.len(), failed.len());
+        out!("{} passed, {} failed", results.len() - failed.len(), failed.len());
     }
     if failed.is_empty() {
         ExitCode::SUCCESS
@@ -164,21 +172,21 @@ fn replay(seed: u64, w: &Workload, check: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    println!("seed {seed} trace {} ({} ticks, {} failures)", a.trace_hash, a.ticks, a.failures.len());
+    out!("seed {seed} trace {} ({} ticks, {} failures)", a.trace_hash, a.ticks, a.failures.len());
     if check {
         let b = match one(seed, &p) {
             Ok(r) => r,
             Err(code) => return code,
         };
         if let Some((i, x, y)) = first_difference(&a.trace, &b.trace) {
-            println!(
+            out!(
                 "NOT deterministic: record {i} differs\n  first:  {}\n  second: {}",
                 x.unwrap_or("<end>"),
                 y.unwrap_or("<end>")
             );
             return ExitCode::from(1);
         }
-        println!("deterministic: {} records identical", a.trace.len());
+        out!("deterministic: {} records identical", a.trace.len());
     }
     if a.failures.is_empty() {
         ExitCode::SUCCESS
@@ -202,19 +210,19 @@ fn tick_latency(
         match TownShape::by_name(t) {
             Some(s) => shapes.push(s),
             None => {
-                eprintln!("unknown town `{t}`: expected one of S, M, M+history, L");
+                eout!("unknown town `{t}`: expected one of S, M, M+history, L");
                 return ExitCode::from(2);
             }
         }
     }
     for s in storages {
         if s != "memory" && s != "wal" {
-            eprintln!("unknown storage `{s}`: expected memory or wal");
+            eout!("unknown storage `{s}`: expected memory or wal");
             return ExitCode::from(2);
         }
     }
     if let Err(e) = std::fs::create_dir_all(out_dir) {
-        eprintln!("cannot create {}: {e}", out_dir.display());
+        eout!("cannot create {}: {e}", out_dir.display());
         return ExitCode::from(2);
     }
     let old = match baseline.map(std::fs::read_to_string) {
@@ -222,30 +230,32 @@ fn tick_latency(
         Some(Ok(text)) => match serde_json::from_str::<bench::BenchReport>(&text) {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("baseline {}: not a bench.json: {e}", baseline.unwrap_or(out_dir).display());
+                eout!("baseline {}: not a bench.json: {e}", baseline.unwrap_or(out_dir).display());
                 return ExitCode::from(2);
             }
         },
         Some(Err(e)) => {
-            eprintln!("baseline {}: {e}", baseline.unwrap_or(out_dir).display());
+            eout!("baseline {}: {e}", baseline.unwrap_or(out_dir).display());
             return ExitCode::from(2);
         }
     };
     let mut measurements = Vec::new();
     for shape in &shapes {
         for storage in storages {
-            eprintln!("measuring {} on {storage} ({ticks} ticks)...", shape.name);
+            eout!("measuring {} on {storage} ({ticks} ticks)...", shape.name);
             let wal_dir = (storage == "wal").then_some(out_dir);
             match bench::measure(shape, wal_dir, ticks, 1) {
                 Ok(m) => {
-                    eprintln!(
+                    eout!(
                         "  full tick p50 {:.1} µs p99 {:.1} µs; reconcile p99 {:.1} µs",
-                        m.full_tick.p50_us, m.full_tick.p99_us, m.reconcile.p99_us
+                        m.full_tick.p50_us,
+                        m.full_tick.p99_us,
+                        m.reconcile.p99_us
                     );
                     measurements.push(m);
                 }
                 Err(e) => {
-                    eprintln!("measuring {} failed: {e}", shape.name);
+                    eout!("measuring {} failed: {e}", shape.name);
                     return ExitCode::from(2);
                 }
             }
@@ -258,21 +268,21 @@ fn tick_latency(
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     for (name, body) in [("bench.md", &md), ("bench.json", &json)] {
         if let Err(e) = std::fs::write(out_dir.join(name), body) {
-            eprintln!("cannot write {name}: {e}");
+            eout!("cannot write {name}: {e}");
             return ExitCode::from(2);
         }
     }
-    println!("{md}");
+    out!("{md}");
     if let Some(old) = old {
         let regressions = bench::regressions(&report, &old, max_regression);
         if !regressions.is_empty() {
-            println!("REGRESSIONS above +{:.0}%:", max_regression * 100.0);
+            out!("REGRESSIONS above +{:.0}%:", max_regression * 100.0);
             for r in &regressions {
-                println!("  {r}");
+                out!("  {r}");
             }
             return ExitCode::from(1);
         }
-        println!("no p99 regression above +{:.0}% against the baseline", max_regression * 100.0);
+        out!("no p99 regression above +{:.0}% against the baseline", max_regression * 100.0);
     }
     ExitCode::SUCCESS
 }

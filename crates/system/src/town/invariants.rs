@@ -316,7 +316,7 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                         format!("GUPP acted on {agent_id} within 15 min of its dispatch"),
                     ));
                 }
-                match agent.last_event_at.or(agent.last_activity_at) {
+                match agent.gupp_activity() {
                     Some(t) if t <= s.now => {}
                     _ => out.push(v(
                         "gupp_needs_valid_activity",

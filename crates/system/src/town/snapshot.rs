@@ -71,6 +71,19 @@ pub struct SnapAgent {
     pub created_at: Timestamp,
 }
 
+impl SnapAgent {
+    /// When GUPP last saw this agent do something: its SDK activity, else its
+    /// dispatch, else its heartbeat; `None` (GUPP skips, A1's case) when it
+    /// never heart-beat. Upstream fell back to the heartbeat right after a
+    /// dispatch (which clears the SDK watermark), so a session that hung at
+    /// once but kept heart-beating was never nudged or stopped; a hung refinery
+    /// then blocked its rig's review queue for good (simulator seed 9).
+    pub fn gupp_activity(&self) -> Option<Timestamp> {
+        self.last_activity_at?;
+        self.last_event_at.or(self.last_dispatched_at).or(self.last_activity_at)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SnapRig {
     pub default_branch: String,

@@ -23,8 +23,8 @@ fn recently_nudged(s: &TownSnapshot, a: &SnapAgent, tier: NudgeTier) -> bool {
 }
 
 fn watch(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
-    // SDK activity first, the plain heartbeat as fallback; nothing at all is A1's case.
-    let Some(activity) = a.last_event_at.or(a.last_activity_at) else { return };
+    // SDK activity, else the dispatch, else the heartbeat; nothing at all is A1's case.
+    let Some(activity) = a.gupp_activity() else { return };
     let elapsed = s.now.since(activity);
     if elapsed < 0 {
         return; // a timestamp from the future is not evidence of anything (bug o)
@@ -102,6 +102,23 @@ mod tests {
         assert!(matches!(out[0], Action::TransitionAgent { to: AgentStatus::Stalled, .. }));
         assert!(matches!(out[1], Action::StopAgent { .. }));
         assert!(matches!(out[2], Action::CreateTriageRequest { .. }));
+    }
+
+    #[test]
+    fn a_session_that_hangs_after_dispatch_is_caught_despite_heartbeats() {
+        let mut k = Kit::new();
+        let mut a = k.agent_mut("hung", AgentStatus::Working, Some("b"), Some(NOW.minus_ms(10_000)));
+        a.last_event_at = None;
+        a.last_dispatched_at = Some(NOW.minus_ms(GUPP_FORCE_STOP_MS + 1));
+        k.push_agent(a);
+        let out = k.run(reconcile);
+        assert!(matches!(out[0], Action::TransitionAgent { to: AgentStatus::Stalled, .. }), "{out:?}");
+        let mut k = Kit::new();
+        let mut a = k.agent_mut("fresh", AgentStatus::Working, Some("b"), Some(NOW.minus_ms(10_000)));
+        a.last_event_at = None;
+        a.last_dispatched_at = Some(NOW.minus_ms(GUPP_WARN_MS));
+        k.push_agent(a);
+        assert!(k.run(reconcile).is_empty(), "15 min of grace after a dispatch (bug g)");
     }
 
     #[test]
