@@ -103,7 +103,7 @@ fn main() -> ExitCode {
 
 fn one(seed: u64, p: &SimParams) -> Result<SeedResult, ExitCode> {
     run_seed(seed, p).map_err(|e| {
-        eout!("seed {seed}: the simulation could not run: {e}");
+        eprintln!("seed {seed}: the simulation could not run: {e}");
         ExitCode::from(2)
     })
 }
@@ -210,19 +210,19 @@ fn tick_latency(
         match TownShape::by_name(t) {
             Some(s) => shapes.push(s),
             None => {
-                eout!("unknown town `{t}`: expected one of S, M, M+history, L");
+                eprintln!("unknown town `{t}`: expected one of S, M, M+history, L");
                 return ExitCode::from(2);
             }
         }
     }
     for s in storages {
         if s != "memory" && s != "wal" {
-            eout!("unknown storage `{s}`: expected memory or wal");
+            eprintln!("unknown storage `{s}`: expected memory or wal");
             return ExitCode::from(2);
         }
     }
     if let Err(e) = std::fs::create_dir_all(out_dir) {
-        eout!("cannot create {}: {e}", out_dir.display());
+        eprintln!("cannot create {}: {e}", out_dir.display());
         return ExitCode::from(2);
     }
     let old = match baseline.map(std::fs::read_to_string) {
@@ -230,32 +230,30 @@ fn tick_latency(
         Some(Ok(text)) => match serde_json::from_str::<bench::BenchReport>(&text) {
             Ok(r) => Some(r),
             Err(e) => {
-                eout!("baseline {}: not a bench.json: {e}", baseline.unwrap_or(out_dir).display());
+                eprintln!("baseline {}: not a bench.json: {e}", baseline.unwrap_or(out_dir).display());
                 return ExitCode::from(2);
             }
         },
         Some(Err(e)) => {
-            eout!("baseline {}: {e}", baseline.unwrap_or(out_dir).display());
+            eprintln!("baseline {}: {e}", baseline.unwrap_or(out_dir).display());
             return ExitCode::from(2);
         }
     };
     let mut measurements = Vec::new();
     for shape in &shapes {
         for storage in storages {
-            eout!("measuring {} on {storage} ({ticks} ticks)...", shape.name);
+            eprintln!("measuring {} on {storage} ({ticks} ticks)...", shape.name);
             let wal_dir = (storage == "wal").then_some(out_dir);
             match bench::measure(shape, wal_dir, ticks, 1) {
                 Ok(m) => {
-                    eout!(
+                    eprintln!(
                         "  full tick p50 {:.1} µs p99 {:.1} µs; reconcile p99 {:.1} µs",
-                        m.full_tick.p50_us,
-                        m.full_tick.p99_us,
-                        m.reconcile.p99_us
+                        m.full_tick.p50_us, m.full_tick.p99_us, m.reconcile.p99_us
                     );
                     measurements.push(m);
                 }
                 Err(e) => {
-                    eout!("measuring {} failed: {e}", shape.name);
+                    eprintln!("measuring {} failed: {e}", shape.name);
                     return ExitCode::from(2);
                 }
             }
@@ -268,7 +266,7 @@ fn tick_latency(
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     for (name, body) in [("bench.md", &md), ("bench.json", &json)] {
         if let Err(e) = std::fs::write(out_dir.join(name), body) {
-            eout!("cannot write {name}: {e}");
+            eprintln!("cannot write {name}: {e}");
             return ExitCode::from(2);
         }
     }
