@@ -702,7 +702,8 @@ fn apply_outcome(cx: &mut Ctx<'_>, o: &Outcome) -> Result<()> {
                     cx.conn
                         .prepare_cached("UPDATE agent_metadata SET last_dispatched_at = ?2 WHERE bead_id = ?1")?
                         .execute(rusqlite::params![m.agent_id, cx.now.0])?;
-                    state::set_alarm(cx.conn, Some(cx.now.plus_ms(state::ACTIVE_ALARM_INTERVAL_MS)))?;
+                    // Only ever earlier: an alarm due sooner stays (bug h).
+                    state::escalate_to_active(cx.conn, cx.now)?;
                 }
             }
             Ok(())
