@@ -317,6 +317,7 @@ fn wm_strategy() -> impl Strategy<Value = Wm> {
 
 fn advance_strategy() -> impl Strategy<Value = i64> {
     prop_oneof![
+        1 => 100..5 * SECOND_MS,
         6 => SECOND_MS..60 * SECOND_MS,
         3 => MINUTE_MS..40 * MINUTE_MS,
         1 => HOUR_MS..30 * HOUR_MS,
@@ -1311,13 +1312,22 @@ impl Harness {
         for b in ids(self.conn(), triage) {
             self.town.close_bead(&b, "user").unwrap();
         }
-        for round in 0..80 {
-            if self.live_work().is_empty() && self.town.pending_event_count().unwrap() == 0 {
+        // Go on while work moves; give up after a long stretch without change.
+        let (mut last, mut still) = (String::new(), 0);
+        for round in 0..600 {
+            let live = self.live_state();
+            if live.is_empty() && self.town.pending_event_count().unwrap() == 0 {
                 break;
             }
+            still = if live == last { still + 1 } else { 0 };
+            if still > 30 {
+                break;
+            }
+            last = live;
             self.run(&Op::Drive { pr: round % 3 == 0, twice: false });
             self.run(&Op::Run { ticks: 2, beat: true });
-            self.clock.advance_ms(2 * MINUTE_MS);
+            // Quiet stretches jump ahead: recovery rules wait up to 2.5 h (A2).
+            self.clock.advance_ms(if still > 5 { 20 * MINUTE_MS } else { 2 * MINUTE_MS });
         }
         let stuck = self.live_work();
         let pending = self.town.pending_event_count().unwrap();
@@ -1326,15 +1336,238 @@ impl Harness {
         }
     }
 
-    /// Live MRs, issues (triage requests wait for a human) and non-empty convoys.
+    /// What is live, with statuses and hooks: unchanged means no progress.
+    fn live_state(&self) -> String {
+        let beads = ids(
+            self.conn(),
+            "SELECT bead_id || status || COALESCE(assignee_agent_bead_id, '') || dispatch_attempts FROM beads \
+             WHERE status NOT IN ('closed', 'failed') AND type IN ('issue', 'merge_request', 'convoy') ORDER BY bead_id",
+        );
+        let hooks = ids(
+            self.conn(),
+            "SELECT bead_id || status || COALESCE(current_hook_bead_id, '') FROM agent_metadata ORDER BY bead_id",
+        );
+        if self.live_work().is_empty() {
+            return String::new();
+        }
+        format!("{beads:?}{hooks:?}")
+    }
+
+    /// Live MRs, issues (triage requests wait for a human) and convoys with
+    /// member issues (an empty convoy never closes by itself, by design).
     fn live_work(&self) -> Vec<String> {
         ids(
             self.conn(),
             "SELECT bead_id FROM beads WHERE status NOT IN ('closed', 'failed') AND ( \
                type = 'merge_request' \
                OR (type = 'issue' AND labels NOT LIKE '%\"gt:triage-request\"%') \
-               OR (type = 'convoy' AND EXISTS (SELECT 1 FROM bead_dependencies d WHERE d.depends_on_bead_id = beads.bead_id \
-                     AND d.dependency_type = 'tracks'))) ORDER BY created_at, bead_id",
+               OR (type = 'convoy' AND EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
+                     WHERE d.depends_on_bead_id = beads.bead_id AND d.dependency_type = 'tracks' AND m.type = 'issue'))) \
+             ORDER BY created_at, bead_id",
         )
     }
+}
+
+// ---------------------------------------------------------------- regressions
+//
+// What the property found, pinned as plain tests (each was a shrunk case).
+
+fn plain_town(cfg: TownConfig) -> Harness {
+    let setup = Setup {
+        merge_strategy: cfg.merge_strategy,
+        refinery: cfg.refinery.as_ref().map(|r| {
+            (
+                r.code_review,
+                r.auto_merge_delay_minutes,
+                r.auto_resolve_pr_feedback,
+                r.auto_resolve_merge_conflicts,
+                r.review_mode,
+            )
+        }),
+        staged_default: cfg.staged_convoys_default,
+        convoy_mode: cfg.convoy_merge_mode,
+        second_rig: None,
+    };
+    Harness::new(&setup)
+}
+
+#[test]
+fn a_delivered_mayor_message_never_postpones_the_alarm() {
+    let mut h = plain_town(TownConfig::default());
+    h.run(&Op::MayorMessage { empty: false });
+    assert!(h.town.mayor_waiting(None).unwrap());
+    // Active work keeps the alarm on the 5 s cadence.
+    h.run(&Op::SlingBead { rig: 0, held: false, empty_title: false, labels: false });
+    h.tick(&Starts::Ok);
+    h.clock.advance_ms(2 * SECOND_MS);
+    // The mayor is waiting: the message wakes it; the alarm must not move later.
+    h.run(&Op::MayorMessage { empty: false });
+}
+
+/// The id of the only bead of a type (or the first, oldest).
+fn first(h: &Harness, ty: &str) -> String {
+    ids(h.conn(), &format!("SELECT bead_id FROM beads WHERE type = '{ty}' ORDER BY created_at, bead_id LIMIT 1"))
+        .pop()
+        .unwrap_or_else(|| panic!("no {ty} bead"))
+}
+
+fn polecat(h: &Harness) -> String {
+    ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'polecat' ORDER BY bead_id").remove(0)
+}
+
+fn sling(h: &mut Harness, rig: usize) {
+    h.run(&Op::SlingBead { rig, held: false, empty_title: false, labels: false });
+}
+
+/// Sling a bead, report it done with a PR, tick: an MR exists (and is popped for review).
+fn with_mr(h: &mut Harness, rig: usize) {
+    sling(h, rig);
+    let p = polecat(h);
+    h.call_done(&p, &Url::Valid { repo: rig, n: 7 });
+    h.clock.advance_ms(5 * SECOND_MS);
+    h.tick(&Starts::Ok);
+}
+
+/// `op` must be refused (and `call` checks it changed nothing).
+fn refused(h: &mut Harness, op: Op) {
+    let before = fingerprint(h.conn());
+    let r = h.apply(&op);
+    assert!(r.is_err(), "{op:?} was accepted");
+    assert_eq!(before, fingerprint(h.conn()), "{op:?} was refused but wrote");
+}
+
+#[test]
+fn a_heartbeat_with_a_watermark_from_before_the_dispatch_does_not_trip_gupp() {
+    let mut h = plain_town(TownConfig::default());
+    sling(&mut h, 0);
+    h.run(&Op::Heartbeat { agent: 0, wm: Wm::Past, instance: None });
+    h.tick(&Starts::Ok); // check_actions: no GUPP action within 15 min of the dispatch
+}
+
+#[test]
+fn an_issue_without_a_live_mr_cannot_be_put_in_review() {
+    let mut h = plain_town(TownConfig::default());
+    sling(&mut h, 0);
+    refused(&mut h, Op::UpdateStatus(1, BeadStatus::InReview));
+}
+
+#[test]
+fn merge_requests_and_convoys_keep_the_statuses_their_rules_own() {
+    let mut h = plain_town(TownConfig::default());
+    with_mr(&mut h, 0);
+    h.run(&Op::CompleteReview { mr: 1, result: 1 }); // the MR fails, the issue reopens
+    with_mr(&mut h, 0);
+    h.run(&Op::SlingConvoy { rig: 0, deps: vec![vec![]], staged: Some(true), mode: None, wild: false });
+    let open_mr = ids(h.conn(), "SELECT bead_id FROM beads WHERE type = 'merge_request' AND status = 'open'");
+    if let Some(mr) = open_mr.first() {
+        let r = h.town.update_bead_status(mr, BeadStatus::InProgress, "user");
+        assert!(r.is_err(), "an MR forced into review: {r:?}");
+    }
+    let convoy = first(&h, "convoy");
+    let r = h.town.update_bead_status(&convoy, BeadStatus::InProgress, "user");
+    assert!(r.is_err(), "a convoy the reconciler no longer watches: {r:?}");
+    refused(&mut h, Op::UpdateStatus(0, BeadStatus::InReview));
+}
+
+#[test]
+fn fix_up_beads_are_never_submitted_for_review() {
+    let mut h = plain_town(TownConfig::new_town_defaults());
+    with_mr(&mut h, 0);
+    let mr = first(&h, "merge_request");
+    let payload = json!({"mr_bead_id": mr, "has_unresolved_comments": true});
+    h.town.insert_event(EventType::PrFeedbackDetected, None, Some(&mr), payload).unwrap();
+    h.clock.advance_ms(5 * SECOND_MS);
+    h.tick(&Starts::Ok);
+    let feedback = ids(h.conn(), "SELECT bead_id FROM beads WHERE labels LIKE '%\"gt:pr-feedback\"%'")
+        .pop()
+        .expect("feedback bead");
+    let p = polecat(&h);
+    let r = h.town.submit_to_review_queue(&p, &feedback, "gt/fix", None, None);
+    assert!(r.is_err(), "a review of fix-up work: {r:?}");
+}
+
+#[test]
+fn only_refineries_hook_merge_requests() {
+    let mut h = plain_town(TownConfig::new_town_defaults());
+    with_mr(&mut h, 0);
+    let mr = first(&h, "merge_request");
+    let p = polecat(&h);
+    assert!(h.town.hook_bead(&p, &mr).is_err(), "a polecat's gt_done on an MR reviews the review");
+    let refinery = ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'refinery'").remove(0);
+    sling(&mut h, 0);
+    let issue = ids(h.conn(), "SELECT bead_id FROM beads WHERE type = 'issue' AND status = 'in_progress'").remove(0);
+    h.town.unhook_bead(&refinery).unwrap();
+    assert!(h.town.hook_bead(&refinery, &issue).is_err());
+}
+
+#[test]
+fn a_refinery_hooked_by_hand_to_an_mr_its_rig_does_not_review_lets_go() {
+    let mut h = Harness::new(&Setup {
+        merge_strategy: MergeStrategy::Pr,
+        refinery: Some((true, None, false, false, ReviewMode::Rework)),
+        staged_default: false,
+        convoy_mode: MergeMode::ReviewThenLand,
+        second_rig: Some((Some(false), None)),
+    });
+    with_mr(&mut h, 0); // rig-1 reviews: its refinery exists
+    let refinery = ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'refinery'").remove(0);
+    h.town.unhook_bead(&refinery).unwrap();
+    sling(&mut h, 1);
+    let p = ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'polecat' AND status = 'working'").remove(0);
+    h.call_done(&p, &Url::Valid { repo: 1, n: 8 });
+    h.clock.advance_ms(5 * SECOND_MS);
+    h.tick(&Starts::Ok); // rig-2 does not review: its MR goes straight to polling
+    let mr = ids(h.conn(), "SELECT bead_id FROM beads WHERE type = 'merge_request' AND rig_id = 'rig-2'").remove(0);
+    h.town.hook_bead(&refinery, &mr).unwrap();
+    h.clock.advance_ms(5 * SECOND_MS);
+    h.tick(&Starts::Ok); // checker: no refinery on an MR whose rig does not review
+}
+
+#[test]
+fn convoy_members_cannot_be_blocked_in_a_cycle() {
+    let mut h = plain_town(TownConfig::default());
+    h.run(&Op::SlingConvoy { rig: 0, deps: vec![vec![], vec![0]], staged: Some(true), mode: None, wild: false });
+    let convoy = first(&h, "convoy");
+    // b waits for a.
+    let (b, a): (String, String) = h
+        .conn()
+        .query_row(
+            "SELECT bead_id, depends_on_bead_id FROM bead_dependencies WHERE dependency_type = 'blocks'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(h.town.convoy_add_bead(&convoy, &a, std::slice::from_ref(&a)).is_err(), "blocked by itself");
+    assert!(h.town.convoy_add_bead(&convoy, &a, std::slice::from_ref(&b)).is_err(), "a waits for b waits for a");
+}
+
+#[test]
+fn an_issue_whose_last_mr_the_reconciler_failed_is_reopened_in_time() {
+    // The checker counts Rule 4's window from the MR's end, not the issue's
+    // last change: here the issue sat in review for 40 min before its MR failed.
+    let mut h = Harness::new(&Setup {
+        merge_strategy: MergeStrategy::Direct,
+        refinery: None,
+        staged_default: false,
+        convoy_mode: MergeMode::ReviewThenLand,
+        second_rig: Some((None, Some(1))),
+    });
+    with_mr(&mut h, 1);
+    h.clock.advance_ms(40 * MINUTE_MS);
+    for _ in 0..4 {
+        h.tick(&Starts::Ok);
+        h.clock.advance_ms(5 * MINUTE_MS);
+    }
+    h.tick(&Starts::Ok);
+    let issue = first(&h, "issue");
+    assert_ne!(h.town.bead(&issue).unwrap().status, BeadStatus::InReview);
+}
+
+#[test]
+fn convoy_members_need_a_rig_to_land_in() {
+    let mut h = plain_town(TownConfig::default());
+    h.run(&Op::SlingConvoy { rig: 0, deps: vec![vec![]], staged: Some(true), mode: None, wild: false });
+    let convoy = first(&h, "convoy");
+    let triage = h.town.create_triage_request(TriageType::DirtyPolecat, None, "look", json!({})).unwrap().unwrap();
+    assert!(h.town.convoy_add_bead(&convoy, &triage, &[]).is_err(), "a rig-less member leaves nowhere to land");
 }

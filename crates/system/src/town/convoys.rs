@@ -213,6 +213,11 @@ pub fn add_bead(cx: &mut Ctx<'_>, convoy: &str, bead: &str, blocked_by: &[String
     if b.bead_type != BeadType::Issue {
         return Err(TownError::invalid("convoy member", format!("bead {bead} is a {}, not an issue", b.bead_type)));
     }
+    // The landing MR goes to a member's rig: a convoy of rig-less members
+    // would be ready to land with nowhere to land, forever.
+    if b.rig_id.is_none() {
+        return Err(TownError::invalid("convoy member", format!("bead {bead} belongs to no rig")));
+    }
     for blocker in blocked_by {
         beads::get(cx, blocker)?;
         // A bead blocked by itself, directly or through others, is never
