@@ -4,13 +4,16 @@
 //! [`time::Clock`], ids from a seeded [`ids::IdGen`], and no code path reads
 //! the OS clock or entropy (see `clippy.toml`).
 
+pub mod auth;
 pub mod error;
 pub mod generate;
 pub mod ids;
 pub mod model;
+pub mod net;
 pub mod store;
 pub mod time;
 pub mod town;
+pub mod wire;
 
 pub use error::{Result, TownError};
 pub use town::Town;

@@ -114,6 +114,29 @@ impl Clock for SystemClock {
     }
 }
 
+/// Time from tokio's clock, anchored at a fixed epoch: under turmoil and under
+/// tokio's paused test clock this is simulated time; in production it is
+/// monotonic time anchored at the wall clock read once at start.
+#[derive(Clone, Copy, Debug)]
+pub struct TokioClock {
+    anchor: tokio::time::Instant,
+    epoch: Timestamp,
+}
+
+impl TokioClock {
+    /// `epoch` is what `now()` answers at the moment of this call.
+    pub fn new(epoch: Timestamp) -> Self {
+        TokioClock { anchor: tokio::time::Instant::now(), epoch }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        let ms = tokio::time::Instant::now().saturating_duration_since(self.anchor).as_millis();
+        self.epoch.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +154,12 @@ mod tests {
         assert!(!stale(now, Some(Timestamp(10_000)), 90_000), "exactly at the threshold is fresh");
         assert!(stale(now, Some(Timestamp(9_999)), 90_000));
         assert!(!stale(now, Some(Timestamp(99_000)), 90_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_tokio_time() {
+        let c = TokioClock::new(Timestamp(1_000));
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        assert_eq!(c.now(), Timestamp(6_000));
     }
 }

@@ -30,7 +30,7 @@ pub enum Effect {
     Analytics { name: String, data: Value },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct StartAgent {
     pub agent_id: String,
     pub bead_id: String,
