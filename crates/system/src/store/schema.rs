@@ -185,4 +185,13 @@ CREATE TABLE settings (
     value TEXT NOT NULL
 );
 "#,
+    // 2: what the town keeps for its container: agents' session snapshots.
+    r#"
+CREATE TABLE session_snapshots (
+    agent_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    stored_at INTEGER NOT NULL
+);
+"#,
 ];

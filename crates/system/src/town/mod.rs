@@ -8,6 +8,7 @@
 pub mod actions;
 pub mod agents;
 pub mod beads;
+pub mod container_state;
 pub mod convoys;
 pub mod ctx;
 pub mod effects;
