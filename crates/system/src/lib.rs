@@ -4,12 +4,14 @@
 //! [`time::Clock`], ids from a seeded [`ids::IdGen`], and no code path reads
 //! the OS clock or entropy (see `clippy.toml`).
 
+pub mod api;
 pub mod auth;
 pub mod error;
 pub mod generate;
 pub mod ids;
 pub mod model;
 pub mod net;
+pub mod runtime;
 pub mod store;
 pub mod time;
 pub mod town;

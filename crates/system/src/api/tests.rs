@@ -1,0 +1,216 @@
+//! The API over real loopback TCP: auth refusals, malformed bodies, and the
+//! agent-facing and container-level routes end to end into the town.
+
+use crate::model::{AgentStatus, BeadStatus};
+use crate::net::{HttpClient, TokioConnector};
+use crate::runtime::{TownHost, TownHostConfig};
+use crate::time::{Clock, ManualClock, Timestamp};
+use crate::town::{AddRig, Town, TownOptions};
+use crate::wire::{Envelope, HeartbeatReply, RegistryEntry};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const T0: Timestamp = Timestamp(1_780_000_000_000);
+
+struct Api {
+    base: String,
+    host: Arc<TownHost>,
+    http: HttpClient,
+    clock: ManualClock,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let clock = ManualClock::new(T0);
+        let conn = crate::store::open_in_memory().unwrap();
+        let mut town =
+            Town::open(conn, Arc::new(clock.clone()), TownOptions { town_id: "t1".into(), seed: 7 }).unwrap();
+        town.add_rig(AddRig { id: Some("r1".into()), name: "app".into(), ..Default::default() }).unwrap();
+        let http = HttpClient::new(Arc::new(TokioConnector), Duration::from_secs(5));
+        let cfg = TownHostConfig {
+            api_url: "http://127.0.0.1:1".into(),
+            // Nothing listens here: effects fail fast, which these tests do not exercise.
+            container_url: "http://127.0.0.1:1".into(),
+            secret: b"test-secret".to_vec(),
+        };
+        let host = TownHost::new(town, Arc::new(clock.clone()), http.clone(), cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(crate::net::serve(listener, super::router(host.clone())));
+        Api { base, host, http, clock }
+    }
+
+    fn container(&self) -> String {
+        self.host.signer.container_token("t1", self.clock.now())
+    }
+    fn agent(&self, id: &str) -> String {
+        self.host.signer.agent_token("t1", id, self.clock.now())
+    }
+    fn user(&self) -> String {
+        self.host.user_token(self.clock.now().plus_ms(3_600_000))
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer(t);
+        }
+        if let Some(b) = body {
+            req = req.bytes(b.as_bytes().to_vec()).header("content-type", "application/json");
+        }
+        let resp = req.send().await.unwrap();
+        let v = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+        (resp.status, v)
+    }
+
+    /// Sling a bead as the user; returns (bead, agent).
+    async fn sling(&self) -> (String, String) {
+        let (s, v) =
+            self.call("POST", "/api/towns/t1/rigs/r1/sling", Some(&self.user()), Some(r#"{"title":"fix it"}"#)).await;
+        assert_eq!(s, 201, "{v}");
+        (v["data"]["bead_id"].as_str().unwrap().into(), v["data"]["agent_id"].as_str().unwrap().into())
+    }
+}
+
+fn hb(agent: &str) -> String {
+    format!("/api/towns/t1/rigs/r1/agents/{agent}/heartbeat")
+}
+
+#[tokio::test]
+async fn auth_refuses_missing_tampered_and_expired_tokens_with_401() {
+    let api = Api::start().await;
+    let (_, agent) = api.sling().await;
+    assert_eq!(api.call("POST", &hb(&agent), None, None).await.0, 401);
+    assert_eq!(api.call("POST", &hb(&agent), Some("garbage"), None).await.0, 401);
+    let mut forged = api.agent(&agent);
+    forged.pop();
+    forged.push(if forged.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(api.call("POST", &hb(&agent), Some(&forged), None).await.0, 401);
+    let old = api.agent(&agent);
+    api.clock.advance_ms(crate::auth::TOKEN_TTL_MS);
+    let (s, v) = api.call("POST", &hb(&agent), Some(&old), None).await;
+    assert_eq!((s, v["success"].as_bool()), (401, Some(false)), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+}
+
+#[tokio::test]
+async fn auth_refuses_other_agents_towns_and_scopes_with_403() {
+    let api = Api::start().await;
+    let (_, agent) = api.sling().await;
+    let (s, _) = api.call("POST", &hb(&agent), Some(&api.agent("someone-else")), None).await;
+    assert_eq!(s, 403);
+    let foreign = api.host.signer.container_token("t2", api.clock.now());
+    assert_eq!(api.call("POST", &hb(&agent), Some(&foreign), None).await.0, 403);
+    // A user token is not an agent's; an agent token is not a user's.
+    assert_eq!(api.call("POST", &hb(&agent), Some(&api.user()), None).await.0, 403);
+    assert_eq!(api.call("GET", "/api/towns/t1/status", Some(&api.agent(&agent)), None).await.0, 403);
+    assert_eq!(api.call("GET", "/api/towns/t1/status", Some(&api.user()), None).await.0, 200);
+    // The container's token acts for any agent of its town.
+    assert_eq!(api.call("POST", &hb(&agent), Some(&api.container()), None).await.0, 200);
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_400_with_a_message() {
+    let api = Api::start().await;
+    let (_, agent) = api.sling().await;
+    let tok = api.agent(&agent);
+    let done = format!("/api/towns/t1/rigs/r1/agents/{agent}/done");
+    let (s, v) = api.call("POST", &done, Some(&tok), Some("{not json")).await;
+    assert_eq!(s, 400);
+    assert!(v["error"].as_str().unwrap().contains("malformed body"), "{v}");
+    let (s, v) = api.call("POST", &done, Some(&tok), Some(r#"{"branch": 7}"#)).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = api.call("POST", "/api/towns/t1/rigs/r1/sling", Some(&api.user()), Some(r#"{"titel":"x"}"#)).await;
+    assert_eq!(s, 400);
+    let (s, v) = api.call("GET", "/api/towns/t1/beads?type=nonsense", Some(&api.user()), None).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = api.call("GET", "/api/towns/t1/no-such-thing", Some(&api.user()), None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn agent_routes_reach_the_town() {
+    let api = Api::start().await;
+    let (bead, agent) = api.sling().await;
+    let tok = api.agent(&agent);
+    let body = json!({"last_event_type": "tool", "last_event_at": T0.0, "container_instance_id": "c1"}).to_string();
+    let (s, v) = api.call("POST", &hb(&agent), Some(&tok), Some(&body)).await;
+    assert_eq!(s, 200, "{v}");
+    let reply: Envelope<HeartbeatReply> = serde_json::from_value(v).unwrap();
+    assert_eq!(reply.data.unwrap().drain_nonce, None);
+    let a = api.host.with_town(|t| t.agent(&agent)).unwrap();
+    assert_eq!(a.status, AgentStatus::Working);
+
+    let done = format!("/api/towns/t1/rigs/r1/agents/{agent}/done");
+    assert_eq!(api.call("POST", &done, Some(&tok), Some(r#"{"branch":"gt/x"}"#)).await.0, 200);
+    assert_eq!(api.host.with_town(|t| t.pending_event_count()).unwrap(), 2, "bead_created + agent_done");
+    assert_eq!(api.host.with_town(|t| t.bead(&bead)).unwrap().status, BeadStatus::InProgress);
+}
+
+#[tokio::test]
+async fn drain_handoff_through_eviction_heartbeat_and_ready() {
+    let api = Api::start().await;
+    let (_, agent) = api.sling().await;
+    let c = api.container();
+    let (s, v) = api.call("POST", "/api/towns/t1/container-eviction", Some(&c), None).await;
+    assert_eq!(s, 200);
+    let nonce = v["data"]["nonce"].as_str().unwrap().to_owned();
+    let (_, v) = api.call("POST", &hb(&agent), Some(&c), Some("{}")).await;
+    assert_eq!(v["data"]["drain_nonce"].as_str(), Some(nonce.as_str()));
+    let (_, v) = api.call("GET", "/api/towns/t1/drain-status", Some(&c), None).await;
+    assert_eq!(v["data"]["draining"], true);
+    let (_, v) = api.call("POST", "/api/towns/t1/container-ready", Some(&c), Some(r#"{"nonce":"wrong"}"#)).await;
+    assert_eq!(v["data"]["cleared"], false);
+    let body = json!({ "nonce": nonce }).to_string();
+    let (_, v) = api.call("POST", "/api/towns/t1/container-ready", Some(&c), Some(&body)).await;
+    assert_eq!(v["data"]["cleared"], true);
+    assert!(!api.host.with_town(|t| t.drain_state()).unwrap().draining);
+}
+
+#[tokio::test]
+async fn registry_and_snapshot_routes_round_trip() {
+    let api = Api::start().await;
+    let (_, agent) = api.sling().await;
+    let c = api.container();
+    let (_, v) = api.call("GET", "/api/towns/t1/container-registry", Some(&c), None).await;
+    assert_eq!(v["data"], json!([]));
+    let (s, v) = api.call("POST", "/api/towns/t1/container-registry", Some(&c), Some(r#"[{"agent_id": 1}]"#)).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(api.call("POST", "/api/towns/t1/container-registry", Some(&c), Some("[]")).await.0, 200);
+    let entries: Vec<RegistryEntry> = api.host.with_town(|t| t.container_registry()).unwrap();
+    assert!(entries.is_empty());
+
+    let snap = format!("{}/api/towns/t1/rigs/r1/agents/{agent}/db-snapshot", api.base);
+    let put = |v: &str, bytes: &[u8]| {
+        api.http
+            .post(snap.clone())
+            .bearer(&c)
+            .header(crate::wire::SNAPSHOT_VERSION_HEADER, v)
+            .bytes(bytes.to_vec())
+            .send()
+    };
+    assert_eq!(api.http.get(snap.clone()).bearer(&c).send().await.unwrap().status, 404);
+    assert_eq!(put("5", b"db-v5").await.unwrap().status, 200);
+    assert_eq!(put("4", b"db-v4").await.unwrap().status, 409, "an older upload is refused");
+    assert_eq!(put("x", b"db").await.unwrap().status, 400);
+    let got = api.http.get(snap.clone()).bearer(&c).send().await.unwrap();
+    assert_eq!(&got.body[..], b"db-v5");
+    assert_eq!(api.http.delete(snap.clone()).bearer(&c).send().await.unwrap().status, 200);
+    assert_eq!(api.http.get(snap).bearer(&c).send().await.unwrap().status, 404);
+}
+
+#[tokio::test]
+async fn an_expired_container_token_can_be_traded_for_a_fresh_one() {
+    let api = Api::start().await;
+    let old = api.container();
+    api.clock.advance_ms(crate::auth::TOKEN_TTL_MS + 1);
+    assert_eq!(api.call("GET", "/api/towns/t1/drain-status", Some(&old), None).await.0, 401);
+    let (s, v) = api.call("POST", "/api/towns/t1/refresh-container-token", Some(&old), None).await;
+    assert_eq!(s, 200, "{v}");
+    let fresh = v["data"]["token"].as_str().unwrap();
+    assert_eq!(api.call("GET", "/api/towns/t1/drain-status", Some(fresh), None).await.0, 200);
+    let (s, _) = api.call("POST", "/api/towns/t1/refresh-container-token", Some(&api.agent("a")), None).await;
+    assert_eq!(s, 403, "only container tokens are refreshed");
+}

@@ -1,0 +1,111 @@
+//! The shared state behind the town's API handlers and its alarm loop.
+
+use super::container_runner::{ContainerRunner, PrEffects};
+use crate::auth::Signer;
+use crate::error::Result;
+use crate::net::HttpClient;
+use crate::time::{Clock, Timestamp};
+use crate::town::effects::{Effect, Outcome};
+use crate::town::Town;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// Where things are and the secret tokens are signed with.
+#[derive(Clone, Debug)]
+pub struct TownHostConfig {
+    /// The town's base URL as the container reaches it (`http://town:8787`).
+    pub api_url: String,
+    /// The container's control server (`http://container:8080`).
+    pub container_url: String,
+    /// HMAC secret for container, agent and user tokens.
+    pub secret: Vec<u8>,
+}
+
+/// The town as a service. Town operations are synchronous SQLite
+/// transactions taken under a lock that is never held across an `.await`:
+/// while a tick waits on the network, API requests interleave with it, as
+/// upstream's Durable Object lets them.
+pub struct TownHost {
+    town: Mutex<Town>,
+    town_id: String,
+    pub(super) clock: Arc<dyn Clock>,
+    pub signer: Signer,
+    pub(super) runner: ContainerRunner,
+    pub(super) cfg: TownHostConfig,
+    /// Woken whenever an operation may have brought the alarm earlier.
+    pub(super) wake: Notify,
+    pub(super) upkeep: Mutex<super::alarm::Upkeep>,
+}
+
+impl TownHost {
+    pub fn new(town: Town, clock: Arc<dyn Clock>, http: HttpClient, cfg: TownHostConfig) -> Arc<Self> {
+        let town_id = town.id().to_owned();
+        let signer = Signer::new(cfg.secret.clone());
+        let runner = ContainerRunner::new(http, &cfg, town_id.clone(), signer.clone(), clock.clone());
+        Arc::new(TownHost {
+            town: Mutex::new(town),
+            town_id,
+            clock,
+            signer,
+            runner,
+            cfg,
+            wake: Notify::new(),
+            upkeep: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Plug in the runner for PR effects (poll, merge). Without one they are
+    /// reported as not run.
+    pub fn set_pr_effects(&self, pr: Arc<dyn PrEffects>) {
+        self.runner.set_pr_effects(pr);
+    }
+
+    pub fn town_id(&self) -> &str {
+        &self.town_id
+    }
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+    pub fn config(&self) -> &TownHostConfig {
+        &self.cfg
+    }
+
+    /// A user token for this town, valid until `exp`.
+    pub fn user_token(&self, exp: Timestamp) -> String {
+        self.signer.user_token(&self.town_id, exp)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Town> {
+        // A panic while holding the lock leaves the town as its last committed
+        // transaction left it (every operation is one transaction), so the
+        // data behind a poisoned lock is still consistent.
+        self.town.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run a town operation, then let the alarm loop re-read the alarm.
+    pub fn with_town<T>(&self, f: impl FnOnce(&mut Town) -> Result<T>) -> Result<T> {
+        let out = f(&mut self.lock());
+        self.wake.notify_one();
+        out
+    }
+
+    /// Run effects concurrently; outcomes in effect order.
+    pub async fn run_effects(&self, effects: &[Effect]) -> Vec<Outcome> {
+        futures_util::future::join_all(effects.iter().map(|e| self.runner.run(e))).await
+    }
+
+    /// Fire-and-forget effects of an RPC (a sling's fast-path dispatch, a
+    /// mayor message): run them in the background and apply their outcomes.
+    pub fn spawn_effects(self: &Arc<Self>, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcomes = host.run_effects(&effects).await;
+            if let Err(e) = host.with_town(|t| t.apply_outcomes(&outcomes)) {
+                tracing::warn!(error = %e, "applying RPC effect outcomes failed");
+            }
+        });
+    }
+}
