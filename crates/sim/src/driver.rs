@@ -146,7 +146,7 @@ impl Container {
                 }
                 Outcome::Done
             }
-            Effect::PollPr { mr_bead_id, pr_url } => {
+            Effect::PollPr { mr_bead_id, pr_url, .. } => {
                 let (lo, hi) = st.params.polls_to_merge;
                 let draw = st.rng.random_range(lo..=hi);
                 let left = st.polls_left.entry(mr_bead_id.clone()).or_insert(draw);

@@ -7,11 +7,13 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod forge;
 pub mod generate;
 pub mod ids;
 pub mod model;
 pub mod net;
 pub mod runtime;
+pub mod scm;
 pub mod store;
 pub mod time;
 pub mod town;

@@ -934,7 +934,7 @@ impl Harness {
             Op::Forge(seed) => {
                 for (i, e) in std::mem::take(&mut self.last_effects).iter().enumerate() {
                     let (mr, url, merging) = match e {
-                        Effect::PollPr { mr_bead_id, pr_url } => (mr_bead_id, pr_url, false),
+                        Effect::PollPr { mr_bead_id, pr_url, .. } => (mr_bead_id, pr_url, false),
                         Effect::MergePr { mr_bead_id, pr_url } => (mr_bead_id, pr_url, true),
                         _ => continue,
                     };

@@ -2,9 +2,9 @@
 //! `https://host/group/.../project/-/merge_requests/N`.
 
 use crate::error::{Result, TownError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     GitHub,

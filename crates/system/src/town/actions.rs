@@ -256,7 +256,9 @@ pub fn apply(cx: &mut Ctx<'_>, town_id: &str, action: &Action) -> Result<Option<
             cx.conn
                 .prepare_cached("UPDATE review_metadata SET last_poll_at = ?2 WHERE bead_id = ?1")?
                 .execute(params![bead_id, cx.now.0])?;
-            Ok(Some(Effect::PollPr { mr_bead_id: bead_id.clone(), pr_url: pr_url.clone() }))
+            let rig = beads::get(cx, bead_id)?.rig_id;
+            let wants = super::pr::poll_wants(&super::pr::settings_for(cx, rig.as_deref())?);
+            Ok(Some(Effect::PollPr { mr_bead_id: bead_id.clone(), pr_url: pr_url.clone(), wants }))
         }
         Action::MergePr { bead_id, pr_url } => apply_merge(cx, bead_id, pr_url),
         Action::SendNudge { agent_id, message, tier } => {

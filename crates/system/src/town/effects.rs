@@ -4,6 +4,7 @@
 //! recording runner in tests), and their [`Outcome`]s come back to the town.
 
 use crate::model::{AgentRole, NudgeTier};
+use crate::scm::{MergeReport, PollReport, PollWants};
 use serde::Serialize;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -18,8 +19,8 @@ pub enum Effect {
     StartAgent(StartAgent),
     /// Best-effort stop of an agent's process.
     StopAgent { agent_id: String, reason: String },
-    /// Check a PR's status and feedback.
-    PollPr { mr_bead_id: String, pr_url: String },
+    /// Check a PR's status and (as `wants` says, from the rig's settings) its feedback.
+    PollPr { mr_bead_id: String, pr_url: String, wants: PollWants },
     /// Merge a PR (after a fresh feedback re-check).
     MergePr { mr_bead_id: String, pr_url: String },
     /// Deliver a stored nudge to a running agent now.
@@ -64,6 +65,18 @@ pub enum Outcome {
         about_bead: Option<String>,
         delivered: bool,
     },
+    /// What a `PollPr` found (run by `crate::scm::run_poll`).
+    PrPolled {
+        mr_bead_id: String,
+        pr_url: String,
+        report: PollReport,
+    },
+    /// What a `MergePr` did (run by `crate::scm::run_merge`).
+    PrMerge {
+        mr_bead_id: String,
+        pr_url: String,
+        report: MergeReport,
+    },
     /// Effects that report nothing back (stop, analytics) or were not run.
     Done,
 }
@@ -76,10 +89,13 @@ pub trait EffectRunner {
 }
 
 /// A runner that records every effect and answers with scripted outcomes:
-/// starts succeed unless told otherwise, deliveries succeed.
+/// starts succeed unless told otherwise, deliveries succeed, PR polls and
+/// merges answer with the scripted reports in order, else `Done` (not run).
 #[derive(Default)]
 pub struct RecordingRunner {
     pub log: RefCell<Vec<Effect>>,
+    pub poll_reports: RefCell<VecDeque<PollReport>>,
+    pub merge_reports: RefCell<VecDeque<MergeReport>>,
     pub start_results: RefCell<VecDeque<bool>>,
     pub fail_all_starts: std::cell::Cell<bool>,
     pub fail_deliveries: std::cell::Cell<bool>,
@@ -111,6 +127,14 @@ impl RecordingRunner {
             Effect::MessageMayor { about_bead, .. } => {
                 Outcome::MayorMessage { about_bead: about_bead.clone(), delivered: !self.fail_deliveries.get() }
             }
+            Effect::PollPr { mr_bead_id, pr_url, .. } => match self.poll_reports.borrow_mut().pop_front() {
+                Some(report) => Outcome::PrPolled { mr_bead_id: mr_bead_id.clone(), pr_url: pr_url.clone(), report },
+                None => Outcome::Done,
+            },
+            Effect::MergePr { mr_bead_id, pr_url } => match self.merge_reports.borrow_mut().pop_front() {
+                Some(report) => Outcome::PrMerge { mr_bead_id: mr_bead_id.clone(), pr_url: pr_url.clone(), report },
+                None => Outcome::Done,
+            },
             _ => Outcome::Done,
         }
     }

@@ -16,6 +16,7 @@ pub mod escalations;
 pub mod events;
 pub mod invariants;
 pub mod nudges;
+pub mod pr;
 pub mod reconciler;
 pub mod review;
 pub mod scheduling;
@@ -709,6 +710,8 @@ fn apply_outcome(cx: &mut Ctx<'_>, o: &Outcome) -> Result<()> {
             }
             Ok(())
         }
+        Outcome::PrPolled { mr_bead_id, pr_url, report } => pr::apply_poll(cx, mr_bead_id, pr_url, report),
+        Outcome::PrMerge { mr_bead_id, pr_url, report } => pr::apply_merge(cx, mr_bead_id, pr_url, report),
         _ => Ok(()),
     }
 }

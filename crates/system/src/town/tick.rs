@@ -144,6 +144,8 @@ fn outcome_ok(o: &Outcome) -> bool {
     match o {
         Outcome::AgentStart { started, .. } => *started,
         Outcome::NudgeDelivery { delivered, .. } | Outcome::MayorMessage { delivered, .. } => *delivered,
+        Outcome::PrPolled { report, .. } => !matches!(report, crate::scm::PollReport::Failed { .. }),
+        Outcome::PrMerge { report, .. } => matches!(report, crate::scm::MergeReport::Merged { .. }),
         Outcome::Done => true,
     }
 }
