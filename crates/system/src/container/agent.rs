@@ -1,0 +1,493 @@
+//! The agent runtime: what "is" the coding agent inside a session.
+//!
+//! The container owns the lifecycle; an [`Agent`] only starts (possibly slowly,
+//! possibly failing) and runs turns. During a turn it reports activity, writes
+//! assistant turns into its session database and calls the town's agent tools
+//! (`gt_done`, request-changes, escalations, checkpoints), all through its
+//! [`AgentIo`]. A turn ends idle or with a crash; a hung agent simply never
+//! ends its turn.
+//!
+//! [`ScriptedRuntime`] is a seeded behaviour model used by tests and the
+//! simulator. PR creation is a hook ([`PrOpener`]) so a real forge can be
+//! plugged in.
+
+use super::session::{SessionDb, TurnRole};
+use super::town_link::{LinkError, TownCall, TownReply};
+use super::Container;
+use crate::model::AgentRole;
+use crate::net::SendFuture;
+use crate::time::Timestamp;
+use crate::wire::{
+    CheckpointBody, DoneBody, EscalationBody, IdReply, RequestChangesBody, RequestChangesReply, StartAgentRequest,
+};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a turn ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// The session went idle (upstream's `session.idle`).
+    Idle,
+    /// The session died (upstream's event-stream error).
+    Crash(String),
+}
+
+/// What the container tells the runtime about a new session.
+#[derive(Clone, Debug)]
+pub struct SessionSpec {
+    pub request: StartAgentRequest,
+    /// The session continues an earlier one (the mayor after a restart).
+    pub resumed: bool,
+    /// Unique per start within this container; distinct across restarts of an agent.
+    pub generation: u64,
+}
+
+/// Creates agents, and saves work in progress when the container is evicted.
+pub trait AgentRuntime: Send + Sync {
+    fn create(&self, spec: &SessionSpec) -> Box<dyn Agent>;
+
+    /// Drain phase 3b: commit and push what the agent has. Answers the branch
+    /// the work was pushed to, `None` when nothing could be pushed. Without
+    /// git, the default models a successful push to the agent's branch.
+    fn save_wip<'a>(&'a self, request: &'a StartAgentRequest) -> SendFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move { Ok(Some(agent_branch(request))) })
+    }
+}
+
+/// One agent session.
+pub trait Agent: Send {
+    /// Bring the session up. An error fails the start.
+    fn start<'a>(&'a mut self, io: &'a AgentIo) -> SendFuture<'a, Result<(), String>>;
+    /// Run one prompt (already recorded as a user turn) to the end of the turn.
+    fn turn<'a>(&'a mut self, io: &'a AgentIo, prompt: &'a str) -> SendFuture<'a, TurnEnd>;
+}
+
+/// The branch an agent works on: the dispatch's, else `gt/<name>/<bead[..8]>`.
+pub fn agent_branch(request: &StartAgentRequest) -> String {
+    request.agent.branch.clone().filter(|b| !b.trim().is_empty()).unwrap_or_else(|| {
+        let bead: String = request.agent.bead_id.chars().take(8).collect();
+        format!("gt/{}/{}", request.agent.name, bead)
+    })
+}
+
+/// An agent's handle on its session and the town.
+pub struct AgentIo {
+    pub(super) container: Container,
+    pub(super) generation: u64,
+    pub(super) request: StartAgentRequest,
+    pub(super) session_id: String,
+    pub(super) db: Arc<Mutex<SessionDb>>,
+}
+
+impl AgentIo {
+    pub fn request(&self) -> &StartAgentRequest {
+        &self.request
+    }
+    pub fn agent_id(&self) -> &str {
+        &self.request.agent.agent_id
+    }
+    pub fn role(&self) -> AgentRole {
+        self.request.agent.role
+    }
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+    pub fn now(&self) -> Timestamp {
+        self.container.now()
+    }
+
+    /// An SDK-style activity event (clears a pending idle timer).
+    pub fn activity(&self, event_type: &str, active_tools: &[&str]) {
+        let tools = active_tools.iter().map(|t| (*t).to_owned()).collect();
+        self.container.record_activity(self.agent_id(), self.generation, event_type, tools);
+    }
+
+    /// Write an assistant turn into the session database.
+    pub fn assistant_turn(&self, text: &str) {
+        let now = self.now();
+        let r =
+            self.db.lock().unwrap_or_else(|p| p.into_inner()).append(&self.session_id, TurnRole::Assistant, text, now);
+        if let Err(e) = r {
+            tracing::warn!(agent = self.agent_id(), error = %e, "could not record an assistant turn");
+        }
+        self.activity("message.updated", &[]);
+    }
+
+    async fn tool(&self, call: TownCall) -> Result<TownReply, LinkError> {
+        self.container.authed(call).await
+    }
+
+    /// `gt_done`.
+    pub async fn done(&self, body: DoneBody) -> Result<(), LinkError> {
+        self.tool(TownCall::Done(self.container.agent_addr(&self.request), body)).await.map(|_| ())
+    }
+
+    /// `gt_request_changes` (refinery).
+    pub async fn request_changes(&self, body: RequestChangesBody) -> Result<RequestChangesReply, LinkError> {
+        match self.tool(TownCall::RequestChanges(self.container.agent_addr(&self.request), body)).await? {
+            TownReply::RequestChanges(r) => Ok(r),
+            other => Err(LinkError::BadAnswer(format!("{other:?}"))),
+        }
+    }
+
+    /// `gt_escalate`.
+    pub async fn escalate(&self, body: EscalationBody) -> Result<IdReply, LinkError> {
+        match self.tool(TownCall::Escalate(self.container.agent_addr(&self.request), body)).await? {
+            TownReply::Id(r) => Ok(r),
+            other => Err(LinkError::BadAnswer(format!("{other:?}"))),
+        }
+    }
+
+    /// `gt_checkpoint`.
+    pub async fn checkpoint(&self, data: serde_json::Value) -> Result<(), LinkError> {
+        let call = TownCall::Checkpoint(self.container.agent_addr(&self.request), CheckpointBody { data });
+        self.tool(call).await.map(|_| ())
+    }
+}
+
+// ------------------------------------------------------------------ PR hook
+
+/// What an agent asks the forge for when it opens a PR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrRequest {
+    pub rig_id: String,
+    pub bead_id: String,
+    pub agent_id: String,
+    pub branch: String,
+    pub target_branch: Option<String>,
+    pub title: String,
+}
+
+/// Opens a PR and answers its URL (`gh pr create` upstream).
+pub trait PrOpener: Send + Sync {
+    fn open_pr<'a>(&'a self, pr: &'a PrRequest) -> SendFuture<'a, Result<String, String>>;
+}
+
+/// Makes PR URLs from a pattern without any forge: `{rig}`, `{bead}`,
+/// `{branch}` and `{n}` (a counter from 1) are substituted. The town only
+/// accepts `https://` PR URLs.
+#[derive(Debug)]
+pub struct PatternPrOpener {
+    pattern: String,
+    next: AtomicU64,
+}
+
+impl PatternPrOpener {
+    pub fn new(pattern: impl Into<String>) -> Self {
+        PatternPrOpener { pattern: pattern.into(), next: AtomicU64::new(1) }
+    }
+}
+
+impl Default for PatternPrOpener {
+    fn default() -> Self {
+        PatternPrOpener::new("https://forge.test/gastown/{rig}/pull/{n}")
+    }
+}
+
+impl PrOpener for PatternPrOpener {
+    fn open_pr<'a>(&'a self, pr: &'a PrRequest) -> SendFuture<'a, Result<String, String>> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let url = self
+            .pattern
+            .replace("{rig}", &pr.rig_id)
+            .replace("{bead}", &pr.bead_id)
+            .replace("{branch}", &pr.branch)
+            .replace("{n}", &n.to_string());
+        Box::pin(async move { Ok(url) })
+    }
+}
+
+// --------------------------------------------------------- scripted agents
+
+/// Parameters of the scripted behaviour model. Ranges are inclusive
+/// milliseconds; probabilities are in [0, 1].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScriptConfig {
+    pub seed: u64,
+    /// Startup time (a slow start is a wide or high range).
+    pub start_ms: (u64, u64),
+    pub p_start_failure: f64,
+    /// How long the first turn works before the outcome.
+    pub work_ms: (u64, u64),
+    /// While working, an activity event this often.
+    pub activity_every_ms: u64,
+    /// Reply time for later turns (nudges, mayor messages).
+    pub reply_ms: (u64, u64),
+    pub p_done: f64,
+    pub p_open_pr: f64,
+    pub p_done_twice: f64,
+    /// Per turn: the session dies mid-turn.
+    pub p_crash: f64,
+    /// Per turn: the session goes silent forever.
+    pub p_hang: f64,
+    /// Refinery: request changes instead of approving.
+    pub p_request_changes: f64,
+}
+
+impl Default for ScriptConfig {
+    fn default() -> Self {
+        ScriptConfig {
+            seed: 1,
+            start_ms: (100, 2_000),
+            p_start_failure: 0.0,
+            work_ms: (30_000, 300_000),
+            activity_every_ms: 20_000,
+            reply_ms: (1_000, 10_000),
+            p_done: 1.0,
+            p_open_pr: 1.0,
+            p_done_twice: 0.0,
+            p_crash: 0.0,
+            p_hang: 0.0,
+            p_request_changes: 0.0,
+        }
+    }
+}
+
+/// Creates [`ScriptedAgent`]s. Each session's RNG is derived from the
+/// configured seed, the agent id and the session's generation, so a run is
+/// reproducible from its seed.
+pub struct ScriptedRuntime {
+    pub config: ScriptConfig,
+    pub pr: Arc<dyn PrOpener>,
+}
+
+impl ScriptedRuntime {
+    pub fn new(config: ScriptConfig) -> Self {
+        ScriptedRuntime { config, pr: Arc::new(PatternPrOpener::default()) }
+    }
+    pub fn with_pr_opener(mut self, pr: Arc<dyn PrOpener>) -> Self {
+        self.pr = pr;
+        self
+    }
+}
+
+/// FNV-1a: a stable hash for seeding (std's hashers are randomly keyed).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl AgentRuntime for ScriptedRuntime {
+    fn create(&self, spec: &SessionSpec) -> Box<dyn Agent> {
+        let seed = self.config.seed ^ fnv(spec.request.agent.agent_id.as_bytes()).rotate_left(17) ^ spec.generation;
+        Box::new(ScriptedAgent {
+            config: self.config.clone(),
+            pr: Arc::clone(&self.pr),
+            rng: SmallRng::seed_from_u64(seed),
+            turns: 0,
+        })
+    }
+}
+
+/// One scripted session.
+pub struct ScriptedAgent {
+    config: ScriptConfig,
+    pr: Arc<dyn PrOpener>,
+    rng: SmallRng,
+    turns: u32,
+}
+
+enum Fate {
+    Normal,
+    Crash,
+    Hang,
+}
+
+impl ScriptedAgent {
+    fn ms(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            self.rng.random_range(lo..=hi)
+        }
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random::<f64>() < p
+    }
+    fn fate(&mut self) -> Fate {
+        let r: f64 = self.rng.random();
+        if r < self.config.p_crash {
+            Fate::Crash
+        } else if r < self.config.p_crash + self.config.p_hang {
+            Fate::Hang
+        } else {
+            Fate::Normal
+        }
+    }
+
+    /// Work for `total` ms, with activity events along the way.
+    async fn work(&mut self, io: &AgentIo, total: u64, tools: &[&str]) {
+        let step = self.config.activity_every_ms.max(1);
+        let mut left = total;
+        io.activity("session.status", tools);
+        while left > 0 {
+            let d = left.min(step);
+            tokio::time::sleep(Duration::from_millis(d)).await;
+            left -= d;
+            io.activity("message.part.updated", tools);
+        }
+    }
+
+    async fn first_turn(&mut self, io: &AgentIo) -> TurnEnd {
+        let work = self.ms(self.config.work_ms);
+        let fate = self.fate();
+        match fate {
+            Fate::Crash => {
+                let partial = self.rng.random_range(0..=work);
+                self.work(io, partial, &["bash"]).await;
+                return TurnEnd::Crash("scripted crash".into());
+            }
+            Fate::Hang => {
+                io.activity("session.status", &["bash"]);
+                std::future::pending::<()>().await;
+            }
+            Fate::Normal => {}
+        }
+        match io.role() {
+            AgentRole::Mayor => {
+                let d = self.ms(self.config.reply_ms);
+                self.work(io, d, &[]).await;
+                io.assistant_turn("Mayor ready. Waiting for instructions.");
+            }
+            AgentRole::Polecat => {
+                self.work(io, work, &["bash", "edit"]).await;
+                if self.chance(self.config.p_done) {
+                    let branch = agent_branch(io.request());
+                    let pr_url =
+                        if self.chance(self.config.p_open_pr) { self.open_pr(io, &branch).await } else { None };
+                    let twice = self.chance(self.config.p_done_twice);
+                    self.done(io, &branch, pr_url.clone(), "work complete").await;
+                    if twice {
+                        self.done(io, &branch, pr_url, "work complete (again)").await;
+                    }
+                    io.assistant_turn(&format!("Pushed {branch} and called gt_done."));
+                } else {
+                    io.assistant_turn("Stopping without calling gt_done.");
+                }
+            }
+            AgentRole::Refinery => {
+                self.work(io, work, &["bash"]).await;
+                let branch = agent_branch(io.request());
+                let pr_url = io.request().agent.pr_url.clone();
+                if self.chance(self.config.p_request_changes) {
+                    let body = RequestChangesBody { feedback: "scripted review: please rework".into(), files: vec![] };
+                    match io.request_changes(body).await {
+                        Ok(r) => io.assistant_turn(&format!("Requested changes ({}).", r.rework_bead_id)),
+                        Err(e) => io.assistant_turn(&format!("request-changes failed: {e}")),
+                    }
+                } else {
+                    io.assistant_turn("Review approved.");
+                }
+                if self.chance(self.config.p_done) {
+                    self.done(io, &branch, pr_url, "review complete").await;
+                }
+            }
+        }
+        TurnEnd::Idle
+    }
+
+    async fn open_pr(&mut self, io: &AgentIo, branch: &str) -> Option<String> {
+        let a = &io.request().agent;
+        let req = PrRequest {
+            rig_id: a.rig_id.clone(),
+            bead_id: a.bead_id.clone(),
+            agent_id: a.agent_id.clone(),
+            branch: branch.to_owned(),
+            target_branch: a.target_branch.clone(),
+            title: format!("{} ({})", a.name, a.bead_id),
+        };
+        match self.pr.open_pr(&req).await {
+            Ok(url) => Some(url),
+            Err(e) => {
+                io.assistant_turn(&format!("Could not open a PR: {e}"));
+                None
+            }
+        }
+    }
+
+    async fn done(&mut self, io: &AgentIo, branch: &str, pr_url: Option<String>, summary: &str) {
+        let body = DoneBody { branch: branch.to_owned(), pr_url, summary: Some(summary.to_owned()) };
+        if let Err(e) = io.done(body).await {
+            io.assistant_turn(&format!("gt_done failed: {e}"));
+        }
+    }
+
+    async fn later_turn(&mut self, io: &AgentIo, prompt: &str) -> TurnEnd {
+        match self.fate() {
+            Fate::Crash => return TurnEnd::Crash("scripted crash".into()),
+            Fate::Hang => {
+                io.activity("session.status", &[]);
+                std::future::pending::<()>().await;
+            }
+            Fate::Normal => {}
+        }
+        let d = self.ms(self.config.reply_ms);
+        self.work(io, d, &[]).await;
+        let head: String = prompt.chars().take(60).collect();
+        io.assistant_turn(&format!("Noted: {head}"));
+        TurnEnd::Idle
+    }
+}
+
+impl Agent for ScriptedAgent {
+    fn start<'a>(&'a mut self, _io: &'a AgentIo) -> SendFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let d = self.ms(self.config.start_ms);
+            tokio::time::sleep(Duration::from_millis(d)).await;
+            if self.chance(self.config.p_start_failure) {
+                return Err("scripted start failure".into());
+            }
+            Ok(())
+        })
+    }
+
+    fn turn<'a>(&'a mut self, io: &'a AgentIo, prompt: &'a str) -> SendFuture<'a, TurnEnd> {
+        Box::pin(async move {
+            self.turns += 1;
+            // A resumed mayor's first turn is a message, not the initial prompt.
+            let first = self.turns == 1 && (io.role() != AgentRole::Mayor || prompt == io.request().agent.prompt);
+            if first {
+                self.first_turn(io).await
+            } else {
+                self.later_turn(io, prompt).await
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_defaults_to_name_and_bead_prefix() {
+        let mut req = super::super::tests::request("a1", AgentRole::Polecat);
+        req.agent.branch = None;
+        req.agent.name = "toast".into();
+        req.agent.bead_id = "0123456789abcdef".into();
+        assert_eq!(agent_branch(&req), "gt/toast/01234567");
+        req.agent.branch = Some("feature/x".into());
+        assert_eq!(agent_branch(&req), "feature/x");
+    }
+
+    #[tokio::test]
+    async fn pattern_opener_numbers_prs() {
+        let o = PatternPrOpener::default();
+        let pr = PrRequest {
+            rig_id: "r1".into(),
+            bead_id: "b".into(),
+            agent_id: "a".into(),
+            branch: "gt/x".into(),
+            target_branch: None,
+            title: "t".into(),
+        };
+        assert_eq!(o.open_pr(&pr).await.unwrap(), "https://forge.test/gastown/r1/pull/1");
+        assert_eq!(o.open_pr(&pr).await.unwrap(), "https://forge.test/gastown/r1/pull/2");
+        assert!(
+            crate::model::pr_url::PrUrl::parse(&o.open_pr(&pr).await.unwrap()).is_ok(),
+            "the town accepts these URLs"
+        );
+    }
+}

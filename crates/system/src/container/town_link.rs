@@ -1,0 +1,415 @@
+//! The container's calls to the town, behind one small trait.
+//!
+//! Every call is a [`TownCall`] value: the HTTP implementation turns it into a
+//! request on the town's routes; tests use [`super::fake_town::FakeTown`],
+//! which records the values. Calls are values (not methods) so the container
+//! can retry one with a refreshed token without knowing what it is.
+
+use crate::net::{HttpClient, HttpError, SendFuture};
+use crate::wire::{
+    CheckpointBody, CompletedBody, ContainerReadyBody, ContainerReadyReply, DoneBody, DrainStatusReply, Envelope,
+    EscalationBody, EvictionContextBody, EvictionReply, HeartbeatBody, HeartbeatReply, IdReply, NudgeDeliveredBody,
+    PendingNudge, RegistryEntry, RequestChangesBody, RequestChangesReply, TokenReply, WaitingBody, AGENT_ID_HEADER,
+    SNAPSHOT_VERSION_HEADER,
+};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Where a town lives and which town it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TownAddr {
+    pub api_url: String,
+    pub town_id: String,
+}
+
+/// An agent's routes: `/api/towns/{town}/rigs/{rig}/agents/{agent}/…`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentAddr {
+    pub town: TownAddr,
+    /// The agent's rig, `_` for the mayor.
+    pub rig: String,
+    pub agent_id: String,
+}
+
+/// A session snapshot as the town stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// The version the town reported, when the transport exposes it.
+    pub version: Option<i64>,
+    pub bytes: Vec<u8>,
+}
+
+/// One request to the town.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TownCall {
+    Heartbeat(AgentAddr, HeartbeatBody),
+    Done(AgentAddr, DoneBody),
+    Completed(AgentAddr, CompletedBody),
+    Waiting(AgentAddr, WaitingBody),
+    RequestChanges(AgentAddr, RequestChangesBody),
+    Checkpoint(AgentAddr, CheckpointBody),
+    PendingNudges(AgentAddr),
+    NudgeDelivered(AgentAddr, NudgeDeliveredBody),
+    EvictionContext(AgentAddr, EvictionContextBody),
+    GetSnapshot(AgentAddr),
+    PutSnapshot {
+        agent: AgentAddr,
+        version: i64,
+        bytes: Vec<u8>,
+    },
+    DeleteSnapshot(AgentAddr),
+    /// `POST /api/towns/{town}/rigs/{rig}/escalations`, on behalf of the agent.
+    Escalate(AgentAddr, EscalationBody),
+    ContainerEviction(TownAddr),
+    ContainerReady(TownAddr, ContainerReadyBody),
+    DrainStatus(TownAddr),
+    GetRegistry(TownAddr),
+    PutRegistry(TownAddr, Vec<RegistryEntry>),
+    RefreshContainerToken(TownAddr),
+}
+
+impl TownCall {
+    /// A short name for logs and test assertions.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TownCall::Heartbeat(..) => "heartbeat",
+            TownCall::Done(..) => "done",
+            TownCall::Completed(..) => "completed",
+            TownCall::Waiting(..) => "waiting",
+            TownCall::RequestChanges(..) => "request-changes",
+            TownCall::Checkpoint(..) => "checkpoint",
+            TownCall::PendingNudges(..) => "pending-nudges",
+            TownCall::NudgeDelivered(..) => "nudge-delivered",
+            TownCall::EvictionContext(..) => "eviction-context",
+            TownCall::GetSnapshot(..) => "get-snapshot",
+            TownCall::PutSnapshot { .. } => "put-snapshot",
+            TownCall::DeleteSnapshot(..) => "delete-snapshot",
+            TownCall::Escalate(..) => "escalate",
+            TownCall::ContainerEviction(..) => "container-eviction",
+            TownCall::ContainerReady(..) => "container-ready",
+            TownCall::DrainStatus(..) => "drain-status",
+            TownCall::GetRegistry(..) => "get-registry",
+            TownCall::PutRegistry(..) => "put-registry",
+            TownCall::RefreshContainerToken(..) => "refresh-container-token",
+        }
+    }
+
+    /// The town this call goes to.
+    pub fn town(&self) -> &TownAddr {
+        match self {
+            TownCall::Heartbeat(a, _)
+            | TownCall::Done(a, _)
+            | TownCall::Completed(a, _)
+            | TownCall::Waiting(a, _)
+            | TownCall::RequestChanges(a, _)
+            | TownCall::Checkpoint(a, _)
+            | TownCall::PendingNudges(a)
+            | TownCall::NudgeDelivered(a, _)
+            | TownCall::EvictionContext(a, _)
+            | TownCall::GetSnapshot(a)
+            | TownCall::PutSnapshot { agent: a, .. }
+            | TownCall::DeleteSnapshot(a)
+            | TownCall::Escalate(a, _) => &a.town,
+            TownCall::ContainerEviction(t)
+            | TownCall::ContainerReady(t, _)
+            | TownCall::DrainStatus(t)
+            | TownCall::GetRegistry(t)
+            | TownCall::PutRegistry(t, _)
+            | TownCall::RefreshContainerToken(t) => t,
+        }
+    }
+
+    /// The agent this call is about, if any.
+    pub fn agent_id(&self) -> Option<&str> {
+        match self {
+            TownCall::Heartbeat(a, _)
+            | TownCall::Done(a, _)
+            | TownCall::Completed(a, _)
+            | TownCall::Waiting(a, _)
+            | TownCall::RequestChanges(a, _)
+            | TownCall::Checkpoint(a, _)
+            | TownCall::PendingNudges(a)
+            | TownCall::NudgeDelivered(a, _)
+            | TownCall::EvictionContext(a, _)
+            | TownCall::GetSnapshot(a)
+            | TownCall::PutSnapshot { agent: a, .. }
+            | TownCall::DeleteSnapshot(a)
+            | TownCall::Escalate(a, _) => Some(&a.agent_id),
+            _ => None,
+        }
+    }
+}
+
+/// What the town answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TownReply {
+    /// A call whose answer carries nothing the container uses.
+    Ack,
+    Heartbeat(HeartbeatReply),
+    RequestChanges(RequestChangesReply),
+    Nudges(Vec<PendingNudge>),
+    /// `None`: the town holds no snapshot (404).
+    Snapshot(Option<StoredSnapshot>),
+    Id(IdReply),
+    Eviction(EvictionReply),
+    Ready(ContainerReadyReply),
+    DrainStatus(DrainStatusReply),
+    Registry(Vec<RegistryEntry>),
+    Token(TokenReply),
+}
+
+/// Why a call produced no usable answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// 401: the token is expired or not signed by the town.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// 404.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 409 (e.g. a snapshot not newer than the stored one).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Any other refusal.
+    #[error("status {status}: {message}")]
+    Refused { status: u16, message: String },
+    /// No answer (connect failure, timeout, broken connection).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// An answer we could not read, or not the answer this call expects.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+}
+
+/// The container's view of the town.
+pub trait TownLink: Send + Sync {
+    /// Perform `call` with `token` as the bearer.
+    fn call<'a>(&'a self, token: &'a str, call: &'a TownCall) -> SendFuture<'a, Result<TownReply, LinkError>>;
+}
+
+/// Timeouts upstream uses for these calls (others use the client's default, 10 s upstream).
+const EVICTION_CONTEXT_TIMEOUT: Duration = Duration::from_secs(5);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`TownLink`] over HTTP (tokio TCP in production, turmoil in the simulator,
+/// whatever the [`HttpClient`]'s connector dials). The client's default
+/// timeout applies to calls without their own (upstream uses 10 s).
+#[derive(Clone, Debug)]
+pub struct HttpTownLink {
+    http: HttpClient,
+}
+
+impl HttpTownLink {
+    pub fn new(http: HttpClient) -> Self {
+        HttpTownLink { http }
+    }
+}
+
+/// `POST url` with the bearer token and the agent header.
+macro_rules! post {
+    ($h:expr, $url:expr, $token:expr, $a:expr) => {
+        $h.post($url).bearer($token).header(AGENT_ID_HEADER, &$a.agent_id)
+    };
+}
+
+fn town_url(t: &TownAddr, tail: &str) -> String {
+    format!("{}/api/towns/{}/{}", t.api_url.trim_end_matches('/'), t.town_id, tail)
+}
+
+fn agent_url(a: &AgentAddr, tail: &str) -> String {
+    town_url(&a.town, &format!("rigs/{}/agents/{}/{}", a.rig, a.agent_id, tail))
+}
+
+fn unreachable(e: HttpError) -> LinkError {
+    LinkError::Unreachable(e.to_string())
+}
+
+fn refusal(status: u16, body: &str) -> LinkError {
+    // The town's error bodies are envelopes; fall back to the raw text.
+    let message = serde_json::from_str::<Envelope<serde_json::Value>>(body)
+        .ok()
+        .and_then(|e| e.error)
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    match status {
+        401 => LinkError::Unauthorized(message),
+        404 => LinkError::NotFound(message),
+        409 => LinkError::Conflict(message),
+        _ => LinkError::Refused { status, message },
+    }
+}
+
+fn envelope<T: DeserializeOwned>(resp: &crate::net::HttpResponse) -> Result<T, LinkError> {
+    if !resp.ok() {
+        return Err(refusal(resp.status, &resp.text()));
+    }
+    // `Option<T>` inside: the envelope's derive wants a `Default` payload.
+    let env: Envelope<Option<T>> = resp.json().map_err(LinkError::BadAnswer)?;
+    match (env.success, env.data.flatten()) {
+        (true, Some(d)) => Ok(d),
+        (true, None) => Err(LinkError::BadAnswer("success without data".into())),
+        (false, _) => {
+            Err(LinkError::Refused { status: resp.status, message: env.error.unwrap_or_else(|| "unsuccessful".into()) })
+        }
+    }
+}
+
+fn ack(resp: &crate::net::HttpResponse) -> Result<TownReply, LinkError> {
+    if !resp.ok() {
+        return Err(refusal(resp.status, &resp.text()));
+    }
+    // Tolerate any success body: the container needs nothing from it.
+    match serde_json::from_slice::<Envelope<serde_json::Value>>(&resp.body) {
+        Ok(env) if !env.success => {
+            Err(LinkError::Refused { status: resp.status, message: env.error.unwrap_or_else(|| "unsuccessful".into()) })
+        }
+        _ => Ok(TownReply::Ack),
+    }
+}
+
+impl TownLink for HttpTownLink {
+    fn call<'a>(&'a self, token: &'a str, call: &'a TownCall) -> SendFuture<'a, Result<TownReply, LinkError>> {
+        Box::pin(async move {
+            let h = &self.http;
+            match call {
+                TownCall::Heartbeat(a, body) => {
+                    let r = post!(h, agent_url(a, "heartbeat"), token, a).json(body).send().await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Heartbeat)
+                }
+                TownCall::Done(a, body) => {
+                    ack(&post!(h, agent_url(a, "done"), token, a).json(body).send().await.map_err(unreachable)?)
+                }
+                TownCall::Completed(a, body) => {
+                    ack(&post!(h, agent_url(a, "completed"), token, a).json(body).send().await.map_err(unreachable)?)
+                }
+                TownCall::Waiting(a, body) => {
+                    ack(&post!(h, agent_url(a, "waiting"), token, a).json(body).send().await.map_err(unreachable)?)
+                }
+                TownCall::RequestChanges(a, body) => {
+                    let r = post!(h, agent_url(a, "request-changes"), token, a).json(body).send().await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::RequestChanges)
+                }
+                TownCall::Checkpoint(a, body) => {
+                    ack(&post!(h, agent_url(a, "checkpoint"), token, a).json(body).send().await.map_err(unreachable)?)
+                }
+                TownCall::PendingNudges(a) => {
+                    let r = h
+                        .get(agent_url(a, "pending-nudges"))
+                        .bearer(token)
+                        .header(AGENT_ID_HEADER, &a.agent_id)
+                        .send()
+                        .await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Nudges)
+                }
+                TownCall::NudgeDelivered(a, body) => ack(&post!(h, agent_url(a, "nudge-delivered"), token, a)
+                    .json(body)
+                    .send()
+                    .await
+                    .map_err(unreachable)?),
+                TownCall::EvictionContext(a, body) => ack(&post!(h, agent_url(a, "eviction-context"), token, a)
+                    .json(body)
+                    .timeout(EVICTION_CONTEXT_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(unreachable)?),
+                TownCall::GetSnapshot(a) => {
+                    let resp = h
+                        .get(agent_url(a, "db-snapshot"))
+                        .bearer(token)
+                        .header(AGENT_ID_HEADER, &a.agent_id)
+                        .timeout(SNAPSHOT_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(unreachable)?;
+                    match resp.status {
+                        404 => Ok(TownReply::Snapshot(None)),
+                        // The client does not expose response headers, so the
+                        // stored version is unknown here (see the module docs).
+                        s if (200..300).contains(&s) => {
+                            Ok(TownReply::Snapshot(Some(StoredSnapshot { version: None, bytes: resp.body.to_vec() })))
+                        }
+                        s => Err(refusal(s, &resp.text())),
+                    }
+                }
+                TownCall::PutSnapshot { agent, version, bytes } => {
+                    ack(&post!(h, agent_url(agent, "db-snapshot"), token, agent)
+                        .header(SNAPSHOT_VERSION_HEADER, &version.to_string())
+                        .bytes(bytes.clone())
+                        .timeout(SNAPSHOT_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(unreachable)?)
+                }
+                TownCall::DeleteSnapshot(a) => ack(&h
+                    .delete(agent_url(a, "db-snapshot"))
+                    .bearer(token)
+                    .header(AGENT_ID_HEADER, &a.agent_id)
+                    .send()
+                    .await
+                    .map_err(unreachable)?),
+                TownCall::Escalate(a, body) => {
+                    let url = town_url(&a.town, &format!("rigs/{}/escalations", a.rig));
+                    let r = post!(h, url, token, a).json(body).send().await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Id)
+                }
+                TownCall::ContainerEviction(t) => {
+                    let r = h
+                        .post(town_url(t, "container-eviction"))
+                        .bearer(token)
+                        .json(&serde_json::json!({}))
+                        .send()
+                        .await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Eviction)
+                }
+                TownCall::ContainerReady(t, body) => {
+                    let r = h.post(town_url(t, "container-ready")).bearer(token).json(body).send().await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Ready)
+                }
+                TownCall::DrainStatus(t) => {
+                    let r = h.get(town_url(t, "drain-status")).bearer(token).send().await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::DrainStatus)
+                }
+                TownCall::GetRegistry(t) => {
+                    let r = h.get(town_url(t, "container-registry")).bearer(token).send().await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Registry)
+                }
+                TownCall::PutRegistry(t, entries) => ack(&h
+                    .post(town_url(t, "container-registry"))
+                    .bearer(token)
+                    .json(entries)
+                    .send()
+                    .await
+                    .map_err(unreachable)?),
+                TownCall::RefreshContainerToken(t) => {
+                    let r = h
+                        .post(town_url(t, "refresh-container-token"))
+                        .bearer(token)
+                        .json(&serde_json::json!({}))
+                        .send()
+                        .await;
+                    envelope(&r.map_err(unreachable)?).map(TownReply::Token)
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_follow_the_town_routes() {
+        let t = TownAddr { api_url: "http://town:8787/".into(), town_id: "t1".into() };
+        let a = AgentAddr { town: t.clone(), rig: "_".into(), agent_id: "m1".into() };
+        assert_eq!(agent_url(&a, "heartbeat"), "http://town:8787/api/towns/t1/rigs/_/agents/m1/heartbeat");
+        assert_eq!(town_url(&t, "container-registry"), "http://town:8787/api/towns/t1/container-registry");
+    }
+
+    #[test]
+    fn refusals_map_status_and_envelope_message() {
+        assert_eq!(refusal(401, r#"{"success":false,"error":"expired"}"#), LinkError::Unauthorized("expired".into()));
+        assert_eq!(refusal(409, "older"), LinkError::Conflict("older".into()));
+        assert_eq!(refusal(404, ""), LinkError::NotFound(String::new()));
+        assert!(matches!(refusal(500, "boom"), LinkError::Refused { status: 500, .. }));
+    }
+}
