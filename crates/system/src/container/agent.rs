@@ -490,4 +490,32 @@ mod tests {
             "the town accepts these URLs"
         );
     }
+
+    /// Which agents called gt_done, and with which PR, for a seed.
+    async fn outcomes(seed: u64) -> Vec<(String, Option<String>)> {
+        use super::super::tests::{rig, sleep_s};
+        use crate::container::TownCall;
+        let script = ScriptConfig { seed, p_done: 0.5, p_open_pr: 0.5, ..super::super::tests::quick_script() };
+        let r = rig(script);
+        for i in 0..8 {
+            r.c.start(super::super::tests::request(&format!("p{i}"), AgentRole::Polecat)).await.unwrap();
+        }
+        sleep_s(40).await;
+        r.town
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                TownCall::Done(a, b) => Some((a.agent_id, b.pr_url)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scripted_agents_are_reproducible_from_their_seed() {
+        let a = outcomes(11).await;
+        assert_eq!(a, outcomes(11).await);
+        assert!(!a.is_empty() && a.len() < 8, "the coin is really tossed: {a:?}");
+        assert_ne!(a, outcomes(12).await, "another seed, another run");
+    }
 }

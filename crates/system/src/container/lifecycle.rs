@@ -485,6 +485,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn lifecycle_stop_while_starting_aborts_the_start_and_keeps_the_record() {
+        let r = rig(ScriptConfig { start_ms: (50_000, 50_000), ..quick_script() });
+        let c = r.c.clone();
+        let start = tokio::spawn(async move { c.start(request("p1", AgentRole::Polecat)).await });
+        sleep_s(1).await;
+        assert_eq!(r.c.stop("p1"), Ok(true));
+        assert_eq!(start.await.unwrap(), Err(StartError::Aborted));
+        let st = r.c.status("p1").unwrap();
+        assert_eq!((st.status, st.exit_reason.as_deref()), (ProcessStatus::Exited, Some("stopped")));
+        sleep_s(100).await;
+        assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Exited, "the aborted start never comes up");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn lifecycle_start_failure_is_failed() {
         let r = rig(ScriptConfig { p_start_failure: 1.0, ..quick_script() });
         let e = r.c.start(request("p1", AgentRole::Polecat)).await.unwrap_err();

@@ -201,6 +201,20 @@ mod tests {
         let resp = http.get(format!("{base}/nowhere")).send().await.unwrap();
         assert_eq!(resp.status, 404);
 
+        // A drain nonce in /health headers is answered with /container-ready, once.
+        for _ in 0..2 {
+            let resp = http
+                .get(format!("{base}/health"))
+                .header("x-drain-nonce", "n-9")
+                .header("x-town-id", "town1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status, 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(town.count("container-ready"), 1);
+
         // Draining: new starts get 503.
         c.drain().await;
         let resp =

@@ -412,4 +412,77 @@ mod tests {
         assert_eq!(refusal(404, ""), LinkError::NotFound(String::new()));
         assert!(matches!(refusal(500, "boom"), LinkError::Refused { status: 500, .. }));
     }
+
+    /// The HTTP link against a stand-in town over loopback TCP: envelopes,
+    /// status mapping, raw snapshot bytes and the version header.
+    #[tokio::test]
+    async fn http_link_speaks_the_town_routes_over_loopback() {
+        use crate::net::TokioConnector;
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        use std::sync::{Arc, Mutex};
+
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = Arc::clone(&seen);
+        let router = axum::Router::new()
+            .route(
+                "/api/towns/t1/rigs/r1/agents/a1/heartbeat",
+                post(|headers: HeaderMap| async move {
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer old") {
+                        return (StatusCode::UNAUTHORIZED, r#"{"success":false,"error":"token expired"}"#);
+                    }
+                    (StatusCode::OK, r#"{"success":true,"data":{"drain_nonce":"n-1"}}"#)
+                }),
+            )
+            .route(
+                "/api/towns/t1/rigs/r1/agents/a1/db-snapshot",
+                get(|| async { (StatusCode::OK, vec![1u8, 2, 3]) }).post(
+                    move |headers: HeaderMap, body: axum::body::Bytes| {
+                        let log = Arc::clone(&log);
+                        async move {
+                            let v = headers
+                                .get(SNAPSHOT_VERSION_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned();
+                            let agent =
+                                headers.get(AGENT_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                            log.lock().unwrap().push(format!("{v}:{agent}:{}", body.len()));
+                            if v == "1" {
+                                (StatusCode::CONFLICT, r#"{"success":false,"error":"older"}"#)
+                            } else {
+                                (StatusCode::OK, r#"{"success":true,"data":{}}"#)
+                            }
+                        }
+                    },
+                ),
+            )
+            .route("/api/towns/t1/rigs/_/agents/m1/db-snapshot", get(|| async { StatusCode::NOT_FOUND }))
+            .route("/api/towns/t1/container-registry", get(|| async { r#"{"success":true,"data":[]}"# }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api_url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(crate::net::serve(listener, router));
+        let link = HttpTownLink::new(HttpClient::new(Arc::new(TokioConnector), Duration::from_secs(5)));
+        let town = TownAddr { api_url, town_id: "t1".into() };
+        let a1 = AgentAddr { town: town.clone(), rig: "r1".into(), agent_id: "a1".into() };
+        let m1 = AgentAddr { town: town.clone(), rig: "_".into(), agent_id: "m1".into() };
+
+        let hb = TownCall::Heartbeat(a1.clone(), HeartbeatBody::default());
+        assert_eq!(
+            link.call("new", &hb).await,
+            Ok(TownReply::Heartbeat(HeartbeatReply { drain_nonce: Some("n-1".into()) }))
+        );
+        assert_eq!(link.call("old", &hb).await, Err(LinkError::Unauthorized("token expired".into())));
+        let got = link.call("t", &TownCall::GetSnapshot(a1.clone())).await.unwrap();
+        assert_eq!(got, TownReply::Snapshot(Some(StoredSnapshot { version: None, bytes: vec![1, 2, 3] })));
+        assert_eq!(link.call("t", &TownCall::GetSnapshot(m1)).await, Ok(TownReply::Snapshot(None)));
+        let put = |version| TownCall::PutSnapshot { agent: a1.clone(), version, bytes: vec![9; 10] };
+        assert_eq!(link.call("t", &put(7)).await, Ok(TownReply::Ack));
+        assert_eq!(link.call("t", &put(1)).await, Err(LinkError::Conflict("older".into())));
+        assert_eq!(*seen.lock().unwrap(), ["7:a1:10", "1:a1:10"]);
+        assert_eq!(link.call("t", &TownCall::GetRegistry(town.clone())).await, Ok(TownReply::Registry(vec![])));
+        let missing = link.call("t", &TownCall::DrainStatus(town)).await;
+        assert!(matches!(missing, Err(LinkError::NotFound(_))), "{missing:?}");
+        server.abort();
+    }
 }
