@@ -85,7 +85,11 @@ impl Container {
     /// Answer a drain nonce with `/container-ready`, once per container
     /// lifetime (a failed attempt is retried on a later heartbeat).
     pub(super) async fn acknowledge_ready(&self, town: TownAddr, nonce: String) {
-        if self.st().ready_acknowledged || self.is_draining() {
+        let skip = {
+            let st = self.st();
+            st.ready_acknowledged || st.draining
+        };
+        if skip {
             return;
         }
         match self.authed(TownCall::ContainerReady(town, ContainerReadyBody { nonce })).await {
