@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod driver;
+pub mod net;
 pub mod trace;
 
 pub use driver::{run_seed, SeedResult, SimParams};

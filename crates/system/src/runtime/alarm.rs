@@ -39,7 +39,7 @@ impl TownHost {
     /// Sleep until the alarm, tick, repeat. Runs until the task is dropped.
     pub async fn run_alarm_loop(self: Arc<Self>) {
         loop {
-            let due = match self.with_town(|t| t.alarm_at()) {
+            let due = match self.with_town_quietly(|t| t.alarm_at()) {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the alarm failed");
@@ -78,18 +78,18 @@ impl TownHost {
     pub async fn tick_once(&self) -> Result<Option<TickReport>> {
         self.container_upkeep().await;
         self.observe_agents().await?;
-        let Some(plan) = self.with_town(|t| t.begin_tick())? else { return Ok(None) };
+        let Some(plan) = self.with_town_quietly(|t| t.begin_tick())? else { return Ok(None) };
         let outcomes = self.run_effects(&plan.report.effects).await;
-        let (report, housekeeping) = self.with_town(|t| t.finish_tick(plan, outcomes))?;
+        let (report, housekeeping) = self.with_town_quietly(|t| t.finish_tick(plan, outcomes))?;
         let later = self.run_effects(&housekeeping).await;
-        self.with_town(|t| t.apply_outcomes(&later))?;
+        self.with_town_quietly(|t| t.apply_outcomes(&later))?;
         Ok(Some(report))
     }
 
     /// Health check and hourly token push, when there is work or a drain.
     async fn container_upkeep(&self) {
         let (active, draining) = self
-            .with_town(|t| Ok((t.last_report().is_none_or(|r| r.active_work), t.drain_state()?.draining)))
+            .with_town_quietly(|t| Ok((t.last_report().is_none_or(|r| r.active_work), t.drain_state()?.draining)))
             .unwrap_or((true, false));
         if !active && !draining {
             return;
@@ -118,7 +118,7 @@ impl TownHost {
     /// Ask the container about every agent the town thinks is working or
     /// stalled; record what is not `running` as a `container_status` event.
     async fn observe_agents(&self) -> Result<()> {
-        let watched: Vec<String> = self.with_town(|t| {
+        let watched: Vec<String> = self.with_town_quietly(|t| {
             Ok(t.agents()?
                 .into_iter()
                 .filter(|a| matches!(a.status, AgentStatus::Working | AgentStatus::Stalled))
@@ -126,7 +126,7 @@ impl TownHost {
                 .collect())
         })?;
         let seen = futures_util::future::join_all(watched.iter().map(|a| self.observe(a))).await;
-        self.with_town(|t| {
+        self.with_town_quietly(|t| {
             for (agent, seen) in watched.iter().zip(seen) {
                 let (status, reason) = match seen {
                     Observed::Running => continue,

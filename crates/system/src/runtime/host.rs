@@ -89,6 +89,12 @@ impl TownHost {
         out
     }
 
+    /// A town operation the alarm loop itself runs: no wake-up for itself
+    /// (a permit left by its own call would make the loop spin).
+    pub(super) fn with_town_quietly<T>(&self, f: impl FnOnce(&mut Town) -> Result<T>) -> Result<T> {
+        f(&mut self.lock())
+    }
+
     /// Run effects concurrently; outcomes in effect order.
     pub async fn run_effects(&self, effects: &[Effect]) -> Vec<Outcome> {
         futures_util::future::join_all(effects.iter().map(|e| self.runner.run(e))).await
