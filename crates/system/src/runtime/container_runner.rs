@@ -16,6 +16,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stops and messages are best effort and short.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The first prompt of a mayor started only to take a message.
+pub const MAYOR_READY: &str = "Mayor ready. Waiting for instructions.";
+
 /// Runs `PollPr` / `MergePr` effects.
 pub trait PrEffects: Send + Sync {
     fn run<'a>(&'a self, effect: &'a Effect) -> SendFuture<'a, Outcome>;
@@ -84,7 +87,7 @@ impl ContainerRunner {
             }
             Effect::MessageMayor { mayor_id, about_bead, text } => {
                 let delivered = match mayor_id {
-                    Some(id) => self.message(id, text).await,
+                    Some(id) => self.message_mayor(id, text).await,
                     None => false,
                 };
                 Outcome::MayorMessage { about_bead: about_bead.clone(), delivered }
@@ -130,9 +133,46 @@ impl ContainerRunner {
     }
 
     async fn message(&self, agent: &str, text: &str) -> bool {
+        self.post_message(agent, text).await == Some(true)
+    }
+
+    /// `Some(accepted)`, or `None` when the container does not know the agent.
+    async fn post_message(&self, agent: &str, text: &str) -> Option<bool> {
         let body = MessageBody { prompt: text.to_owned() };
         let r = self.http.post(self.url(&format!("/agents/{agent}/message"))).json(&body).timeout(CONTROL_TIMEOUT);
-        matches!(r.send().await, Ok(resp) if resp.ok())
+        match r.send().await {
+            Ok(resp) if resp.status == 404 => None,
+            Ok(resp) => Some(resp.ok()),
+            Err(_) => Some(false),
+        }
+    }
+
+    /// A message for the mayor. A container that does not know the mayor
+    /// (it was replaced since) gets the mayor started first, resuming its
+    /// stored session, and then the message, so the message becomes a turn
+    /// of the resumed conversation rather than an initial prompt a resumed
+    /// session would skip.
+    async fn message_mayor(&self, mayor: &str, text: &str) -> bool {
+        match self.post_message(mayor, text).await {
+            Some(accepted) => accepted,
+            None => {
+                let start = StartAgent {
+                    agent_id: mayor.to_owned(),
+                    bead_id: String::new(),
+                    rig_id: format!("mayor-{}", self.town_id),
+                    role: crate::model::AgentRole::Mayor,
+                    name: "mayor".into(),
+                    identity: format!("mayor-{}", self.town_id),
+                    prompt: MAYOR_READY.into(),
+                    branch: None,
+                    target_branch: None,
+                    start_point: None,
+                    pr_url: None,
+                };
+                matches!(self.start(&start).await, Outcome::AgentStart { started: true, .. })
+                    && self.message(mayor, text).await
+            }
+        }
     }
 }
 
@@ -140,5 +180,12 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+/// The SCM client runs PR effects against GitHub or the local forge.
+impl PrEffects for crate::scm::ScmClient {
+    fn run<'a>(&'a self, effect: &'a Effect) -> SendFuture<'a, Outcome> {
+        Box::pin(async move { crate::scm::run_effect(self, effect).await.unwrap_or(Outcome::Done) })
     }
 }
