@@ -136,6 +136,8 @@ impl Container {
             self.snapshot_in_background(old);
         }
         let result = tokio::select! {
+            // Biased: a fixed branch order keeps the simulator deterministic.
+            biased;
             r = self.bring_up(&req, generation) => r,
             _ = abort_rx => Err(StartError::Aborted),
         };

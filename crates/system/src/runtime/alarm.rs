@@ -52,6 +52,8 @@ impl TownHost {
             };
             if !wait.is_zero() {
                 tokio::select! {
+                    // Biased: a fixed branch order keeps the simulator deterministic.
+                    biased;
                     _ = tokio::time::sleep(wait) => {}
                     _ = self.wake.notified() => continue,
                 }
