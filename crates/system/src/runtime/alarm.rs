@@ -15,6 +15,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// The container token is pushed at most hourly (it lives 8 h).
 const TOKEN_REFRESH_MS: i64 = 60 * 60 * 1000;
+/// A drain older than this hands its nonce to whoever answers `/health` (upstream: 11 min).
+const NONCE_HANDOFF_MS: i64 = 11 * 60 * 1000;
 /// When no alarm is armed, look again this often (an RPC wakes us sooner).
 const IDLE_POLL: Duration = Duration::from_secs(60);
 
@@ -90,13 +92,22 @@ impl TownHost {
 
     /// Health check and hourly token push, when there is work or a drain.
     async fn container_upkeep(&self) {
-        let (active, draining) = self
-            .with_town_quietly(|t| Ok((t.last_report().is_none_or(|r| r.active_work), t.drain_state()?.draining)))
-            .unwrap_or((true, false));
-        if !active && !draining {
+        let (active, drain) = self
+            .with_town_quietly(|t| Ok((t.last_report().is_none_or(|r| r.active_work), t.drain_state()?)))
+            .unwrap_or((true, Default::default()));
+        if !active && !drain.draining {
             return;
         }
-        let health = self.runner.http().get(self.runner.url("/health")).timeout(HEALTH_TIMEOUT).send().await;
+        let mut ping = self.runner.http().get(self.runner.url("/health")).timeout(HEALTH_TIMEOUT);
+        // A drain that outlived the old container's 5-minute wait: only a
+        // replacement can answer now, so hand it the nonce (it replies with
+        // `/container-ready`, which ends the drain).
+        if let (true, Some(nonce), Some(started)) = (drain.draining, drain.nonce.as_deref(), drain.started_at) {
+            if self.now().since(started) > NONCE_HANDOFF_MS {
+                ping = ping.header("x-drain-nonce", nonce).header("x-town-id", self.town_id());
+            }
+        }
+        let health = ping.send().await;
         let health = health.ok().filter(|r| r.ok()).and_then(|r| r.json::<Health>().ok());
         let now = self.now();
         let push_token = {
@@ -119,7 +130,7 @@ impl TownHost {
 
     /// Ask the container about every agent the town thinks is working or
     /// stalled; record what is not `running` as a `container_status` event.
-    async fn observe_agents(&self) -> Result<()> {
+    pub(super) async fn observe_agents(&self) -> Result<()> {
         let watched: Vec<String> = self.with_town_quietly(|t| {
             Ok(t.agents()?
                 .into_iter()

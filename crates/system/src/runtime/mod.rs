@@ -9,3 +9,6 @@ mod host;
 
 pub use container_runner::{ContainerRunner, PrEffects};
 pub use host::{TownHost, TownHostConfig};
+
+#[cfg(test)]
+mod tests;
