@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod driver;
 pub mod net;
+pub mod scenario;
 pub mod trace;
 
 pub use driver::{run_seed, SeedResult, SimParams};
