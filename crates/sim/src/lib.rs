@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod driver;
 pub mod net;
+pub mod report;
 pub mod scenario;
 pub mod trace;
 
