@@ -9,9 +9,11 @@
 
 pub mod bench;
 pub mod driver;
+pub mod engine;
 pub mod net;
 pub mod report;
 pub mod scenario;
+pub mod shrink;
 pub mod trace;
 
 pub use driver::{run_seed, SeedResult, SimParams};

@@ -1,18 +1,19 @@
 //! `gastown-sim`: run the simulator over seeds, replay one, check determinism.
 
 use clap::{Parser, Subcommand};
-use gastown_sim::trace::first_difference;
-use gastown_sim::{run_seed, SeedResult, SimParams};
-use serde_json::json;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Print a line; a closed pipe (`| head`) ends the output quietly instead of panicking.
+#[macro_export]
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($t)*);
     }};
 }
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "gastown-sim", version, about = "Deterministic simulator for the Gastown control plane")]
@@ -21,31 +22,63 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args, Clone)]
-struct Workload {
-    /// Simulated hours per seed.
-    #[arg(long, default_value_t = 2.0, value_parser = positive)]
-    hours: f64,
-    /// Work arrivals per simulated hour.
-    #[arg(long, default_value_t = 12.0, value_parser = positive)]
-    issues_per_hour: f64,
-}
-
 #[derive(Subcommand)]
 enum Command {
-    /// Run seeds of the built-in workload; exit 1 if any seed violates an invariant.
+    /// Run scenario files over seeds. Exit 0 when every seed passed, 1 when any failed, 2 on bad input.
     Run {
-        /// How many seeds (1..=N) to run.
-        #[arg(long, default_value_t = 10)]
-        seeds: u64,
-        /// Run only this seed.
+        /// Scenario files (TOML).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Seeds 1..=N (default: each scenario's `run.seeds`).
         #[arg(long)]
+        seeds: Option<u64>,
+        /// Run only this seed.
+        #[arg(long, conflicts_with = "seeds")]
         seed: Option<u64>,
-        #[command(flatten)]
-        workload: Workload,
-        /// Print one JSON object instead of text.
+        /// Run the K-th of N shards of the seeds (1-based), e.g. `--shard 2/4`.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<(u64, u64)>,
+        /// Seeds run in parallel (each seed is its own single-threaded simulation).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: u64,
+        /// Print DESIGN.md §7's JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Write summary.json, summary.md, junit.xml, index.html and failing traces here.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+    },
+    /// Re-run one seed of a scenario and print its trace hash.
+    Replay {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        /// Run the seed twice and name the first trace record that differs.
+        #[arg(long)]
+        check_determinism: bool,
+    },
+    /// Validate scenario files without running them.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+    /// Reduce a failing seed's scenario to the smallest one that still fails the same invariant.
+    Shrink {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        /// Where to write the reduced scenario (default: `<name>-shrunk-seed<S>.toml` beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Combine shard reports (summary.json files) into one.
+    Merge {
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
     },
     /// Measure reconciler tick latency on generated towns; write bench.md and bench.json.
     TickLatency {
@@ -68,130 +101,30 @@ enum Command {
         #[arg(long, default_value_t = 0.10)]
         max_regression: f64,
     },
-    /// Re-run one seed and print its trace hash.
-    Replay {
-        #[arg(long)]
-        seed: u64,
-        #[command(flatten)]
-        workload: Workload,
-        /// Run the seed twice and name the first trace record that differs.
-        #[arg(long)]
-        check_determinism: bool,
-    },
 }
 
-fn positive(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}` is not a positive number")),
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("`{s}` is not a shard K/N with 1 <= K <= N");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (u64, u64) = (k.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if k == 0 || n == 0 || k > n {
+        return Err(bad());
     }
-}
-
-fn params(w: &Workload, keep_trace: bool) -> SimParams {
-    SimParams { hours: w.hours, issues_per_hour: w.issues_per_hour, keep_trace, ..SimParams::default() }
+    Ok((k, n))
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { seeds, seed, workload, json } => run(seeds, seed, &workload, json),
-        Command::Replay { seed, workload, check_determinism } => replay(seed, &workload, check_determinism),
+        Command::Run { scenarios, seeds, seed, shard, jobs, json, report_dir } => {
+            cli::run(&scenarios, cli::SeedChoice { seeds, seed, shard }, jobs as usize, json, report_dir.as_deref())
+        }
+        Command::Replay { scenario, seed, check_determinism } => cli::replay(&scenario, seed, check_determinism),
+        Command::Check { scenarios } => cli::check(&scenarios),
+        Command::Shrink { scenario, seed, out } => cli::shrink(&scenario, seed, out.as_deref()),
+        Command::Merge { reports, json, report_dir } => cli::merge(&reports, json, report_dir.as_deref()),
         Command::TickLatency { ticks, towns, storage, out_dir, baseline, max_regression } => {
             tick_latency(ticks, &towns, &storage, &out_dir, baseline.as_deref(), max_regression)
         }
-    }
-}
-
-fn one(seed: u64, p: &SimParams) -> Result<SeedResult, ExitCode> {
-    run_seed(seed, p).map_err(|e| {
-        eprintln!("seed {seed}: the simulation could not run: {e}");
-        ExitCode::from(2)
-    })
-}
-
-fn run(seeds: u64, seed: Option<u64>, w: &Workload, as_json: bool) -> ExitCode {
-    let p = params(w, false);
-    let list: Vec<u64> = match seed {
-        Some(s) => vec![s],
-        None => (1..=seeds).collect(),
-    };
-    let mut results = Vec::new();
-    for s in &list {
-        match one(*s, &p) {
-            Ok(r) => results.push(r),
-            Err(code) => return code,
-        }
-    }
-    let failed: Vec<&SeedResult> = results.iter().filter(|r| !r.failures.is_empty()).collect();
-    let sum = |f: fn(&SeedResult) -> u64| results.iter().map(f).sum::<u64>();
-    if as_json {
-        let failures: Vec<_> = failed
-            .iter()
-            .flat_map(|r| {
-                r.failures.iter().map(move |f| {
-                    json!({ "seed": r.seed, "invariant": f.invariant, "detail": f.detail, "sim_time_ms": f.sim_time_ms,
-                            "replay": format!("gastown-sim replay --seed {} --hours {}", r.seed, w.hours) })
-                })
-            })
-            .collect();
-        let mut out = json!({
-            "seeds_run": results.len(), "seeds_failed": failed.len(), "failures": failures,
-            "sim_seconds": results.iter().map(|r| r.sim_seconds).sum::<f64>(), "ticks": sum(|r| r.ticks),
-            "beads": { "created": sum(|r| r.beads_created), "closed": sum(|r| r.beads_closed), "failed": sum(|r| r.beads_failed),
-                       "unfinished": sum(|r| r.beads_unfinished) },
-        });
-        if results.len() == 1 {
-            out["trace_hash"] = json!(results[0].trace_hash);
-        }
-        out!("{out}");
-    } else {
-        for r in &results {
-            let verdict = if r.failures.is_empty() { "ok" } else { "FAILED" };
-            out!(
-                "seed {:>4} {verdict:<6} ticks {:>5}  beads {:>3} created {:>3} closed {:>2} failed {:>2} unfinished  trace {}",
-                r.seed, r.ticks, r.beads_created, r.beads_closed, r.beads_failed, r.beads_unfinished, r.trace_hash
-            );
-            for f in r.failures.iter().take(5) {
-                out!("    {} at {} ms: {}", f.invariant, f.sim_time_ms, f.detail);
-            }
-            if !r.failures.is_empty() {
-                out!("    replay: gastown-sim replay --seed {} --hours {}", r.seed, w.hours);
-            }
-        }
-        out!("{} passed, {} failed", results.len() - failed.len(), failed.len());
-    }
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn replay(seed: u64, w: &Workload, check: bool) -> ExitCode {
-    let p = params(w, check);
-    let a = match one(seed, &p) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    out!("seed {seed} trace {} ({} ticks, {} failures)", a.trace_hash, a.ticks, a.failures.len());
-    if check {
-        let b = match one(seed, &p) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        if let Some((i, x, y)) = first_difference(&a.trace, &b.trace) {
-            out!(
-                "NOT deterministic: record {i} differs\n  first:  {}\n  second: {}",
-                x.unwrap_or("<end>"),
-                y.unwrap_or("<end>")
-            );
-            return ExitCode::from(1);
-        }
-        out!("deterministic: {} records identical", a.trace.len());
-    }
-    if a.failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     }
 }
 

@@ -61,7 +61,7 @@ pub enum ConvoyMergeMode {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TownSection {
     pub rigs: u32,
     pub merge_strategy: MergeStrategy,
@@ -327,7 +327,7 @@ impl Scenario {
     }
 
     /// Checks serde cannot express: (key, message).
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.name.trim().is_empty() {
             return Err(("name", "must not be empty".into()));
         }

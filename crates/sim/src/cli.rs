@@ -1,0 +1,337 @@
+//! The scenario commands: run, replay, check, shrink, merge.
+
+use gastown_sim::engine::run_scenario_seed;
+use gastown_sim::report::{write_reports, RunSummary, ScenarioSummary, SeedOutcome};
+use gastown_sim::scenario::Scenario;
+use gastown_sim::trace::first_difference;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+pub struct SeedChoice {
+    pub seeds: Option<u64>,
+    pub seed: Option<u64>,
+    pub shard: Option<(u64, u64)>,
+}
+
+impl SeedChoice {
+    fn list(&self, sc: &Scenario) -> Vec<u64> {
+        let all: Vec<u64> = match self.seed {
+            Some(s) => vec![s],
+            None => (1..=self.seeds.unwrap_or(u64::from(sc.run.seeds))).collect(),
+        };
+        match self.shard {
+            Some((k, n)) => all.into_iter().filter(|s| (s - 1) % n == k - 1).collect(),
+            None => all,
+        }
+    }
+}
+
+fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, ExitCode> {
+    let mut out = Vec::new();
+    let mut bad = false;
+    for p in paths {
+        match Scenario::load(p) {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                eprintln!("{e}");
+                bad = true;
+            }
+        }
+    }
+    if bad {
+        Err(ExitCode::from(2))
+    } else {
+        Ok(out)
+    }
+}
+
+/// Wall-clock microseconds since `start`: the CLI measures how long seeds
+/// take; nothing simulated reads this clock.
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+fn wall_us_since(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+fn wall_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn run_one(sc: &Scenario, seed: u64, keep_trace: bool) -> Result<SeedOutcome, String> {
+    let start = wall_now();
+    let mut o = run_scenario_seed(sc, seed, keep_trace)?;
+    o.wall_us = wall_us_since(start);
+    Ok(o)
+}
+
+/// Run `seeds` of `sc` on `jobs` worker threads; outcomes in seed order.
+/// Each seed is a whole single-threaded simulation, so threads never share
+/// simulated state; the CLI is the only place that uses them.
+fn run_seeds(
+    sc: &Scenario,
+    seeds: &[u64],
+    jobs: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<SeedOutcome>, String> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Result<SeedOutcome, String>>> = Mutex::new(Vec::new());
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::SeqCst);
+        let Some(&seed) = seeds.get(i) else { break };
+        let r = run_one(sc, seed, false);
+        bar.inc(1);
+        results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+    };
+    if jobs <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..jobs.min(seeds.len().max(1)) {
+                s.spawn(work);
+            }
+        });
+    }
+    let mut out = Vec::new();
+    for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        out.push(r?);
+    }
+    out.sort_by_key(|o| o.seed);
+    Ok(out)
+}
+
+fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stdout().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} seeds ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, json: bool, report_dir: Option<&Path>) -> ExitCode {
+    let scenarios = match load_all(paths) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut summaries = Vec::new();
+    let mut detail = Vec::new();
+    for (sc, path) in scenarios.iter().zip(paths) {
+        let file = path.display().to_string();
+        let seeds = choice.list(sc);
+        let bar = progress(seeds.len() as u64, json);
+        bar.set_message(sc.name.clone());
+        let outcomes = match run_seeds(sc, &seeds, jobs, &bar) {
+            Ok(o) => o,
+            Err(e) => {
+                bar.finish_and_clear();
+                eprintln!("{file}: the simulation could not run: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        bar.finish_and_clear();
+        let summary = ScenarioSummary::from_outcomes(&sc.name, &file, &outcomes);
+        if !json {
+            print_summary(&summary);
+        }
+        if report_dir.is_some() {
+            detail.push(report_detail(sc, &outcomes));
+        }
+        summaries.push(summary);
+    }
+    let run = RunSummary { scenarios: summaries };
+    if json {
+        out!("{}", serde_json::to_string(&run).unwrap_or_default());
+    }
+    if let Some(dir) = report_dir {
+        if let Err(e) = write_reports(dir, &run, &detail) {
+            eprintln!("cannot write reports to {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    if run.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// For the report: the first seed (for charts) and every failing seed, rerun
+/// with their traces kept (runs are deterministic, so the rerun is the run).
+fn report_detail(sc: &Scenario, outcomes: &[SeedOutcome]) -> Vec<SeedOutcome> {
+    let mut picked: Vec<u64> = outcomes.iter().filter(|o| !o.passed()).map(|o| o.seed).collect();
+    if let Some(first) = outcomes.first() {
+        if !picked.contains(&first.seed) {
+            picked.insert(0, first.seed);
+        }
+    }
+    picked.iter().filter_map(|&s| run_one(sc, s, true).ok()).collect()
+}
+
+fn print_summary(s: &ScenarioSummary) {
+    let verdict = if s.seeds_failed == 0 { "ok" } else { "FAILED" };
+    out!(
+        "{:<28} {verdict:<6} {:>4} seeds {:>3} failed  ticks {:>7}  sim {:>6.1} h  beads {} created {} closed {} failed  tick p99 {} µs",
+        s.name,
+        s.seeds_run,
+        s.seeds_failed,
+        s.ticks,
+        s.sim_seconds / 3600.0,
+        s.beads.created,
+        s.beads.closed,
+        s.beads.failed,
+        s.tick_wall_us.p99
+    );
+    for f in s.failures.iter().take(10) {
+        out!("    seed {} {} at {} ms: {}", f.seed, f.invariant, f.sim_time_ms, f.detail);
+        out!("      replay: {}", f.replay);
+    }
+}
+
+pub fn replay(path: &Path, seed: u64, check: bool) -> ExitCode {
+    let sc = match Scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let a = match run_one(&sc, seed, check) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    out!("{} seed {seed} trace {} ({} ticks, {} failures)", sc.name, a.trace_hash, a.ticks, a.failures.len());
+    for f in &a.failures {
+        out!("    {} at {} ms: {}", f.invariant, f.sim_time_ms, f.detail);
+    }
+    if check {
+        let b = match run_one(&sc, seed, true) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Some((i, x, y)) = first_difference(&a.trace, &b.trace) {
+            out!(
+                "NOT deterministic: record {i} differs\n  first:  {}\n  second: {}",
+                x.unwrap_or("<end>"),
+                y.unwrap_or("<end>")
+            );
+            return ExitCode::from(1);
+        }
+        out!("deterministic: {} records identical", a.trace.len());
+    }
+    if a.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub fn check(paths: &[PathBuf]) -> ExitCode {
+    match load_all(paths) {
+        Ok(list) => {
+            for (s, p) in list.iter().zip(paths) {
+                out!("{}: ok ({}, {} seeds, {})", p.display(), s.name, s.run.seeds, s.run.duration);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn shrink(path: &Path, seed: u64, out_path: Option<&Path>) -> ExitCode {
+    let sc = match Scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let fails = |s: &Scenario| {
+        run_scenario_seed(s, seed, false).ok().and_then(|o| o.failures.first().map(|f| f.invariant.clone()))
+    };
+    let Some(target) = fails(&sc) else {
+        eprintln!("{}: seed {seed} passes; nothing to shrink", path.display());
+        return ExitCode::from(2);
+    };
+    let (small, steps) = gastown_sim::shrink::shrink(&sc, |s| fails(s).as_deref() == Some(target.as_str()));
+    let dest = out_path.map(Path::to_path_buf).unwrap_or_else(|| {
+        path.with_file_name(format!(
+            "{}-shrunk-seed{seed}.toml",
+            path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario")
+        ))
+    });
+    let text = match toml::to_string_pretty(&small) {
+        Ok(t) => format!("# shrunk from {} (seed {seed}, invariant {target}) in {steps} steps\n{t}", path.display()),
+        Err(e) => {
+            eprintln!("cannot render the shrunk scenario: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = std::fs::write(&dest, text) {
+        eprintln!("cannot write {}: {e}", dest.display());
+        return ExitCode::from(2);
+    }
+    out!("{}: still fails {target} on seed {seed} after {steps} reductions", dest.display());
+    ExitCode::SUCCESS
+}
+
+pub fn merge(paths: &[PathBuf], json: bool, report_dir: Option<&Path>) -> ExitCode {
+    let mut by_name: std::collections::BTreeMap<String, Vec<ScenarioSummary>> = Default::default();
+    for p in paths {
+        let text = match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        };
+        let run: RunSummary = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}: not a gastown-sim summary.json: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        };
+        for s in run.scenarios {
+            by_name.entry(s.name.clone()).or_default().push(s);
+        }
+    }
+    let mut scenarios = Vec::new();
+    for (name, parts) in by_name {
+        match ScenarioSummary::merge(&parts) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let run = RunSummary { scenarios };
+    if json {
+        out!("{}", serde_json::to_string(&run).unwrap_or_default());
+    } else {
+        run.scenarios.iter().for_each(print_summary);
+    }
+    if let Some(dir) = report_dir {
+        let detail = vec![Vec::new(); run.scenarios.len()];
+        if let Err(e) = write_reports(dir, &run, &detail) {
+            eprintln!("cannot write reports to {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    if run.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
