@@ -113,7 +113,15 @@ fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
-pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, json: bool, report_dir: Option<&Path>) -> ExitCode {
+pub struct Outputs<'a> {
+    pub json: bool,
+    pub report_dir: Option<&'a Path>,
+    pub baseline: Option<&'a Path>,
+    pub write_baseline: Option<&'a Path>,
+}
+
+pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs<'_>) -> ExitCode {
+    let (json, report_dir) = (outputs.json, outputs.report_dir);
     let scenarios = match load_all(paths) {
         Ok(s) => s,
         Err(code) => return code,
@@ -153,10 +161,76 @@ pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, json: bool, repor
             return ExitCode::from(2);
         }
     }
-    if run.failed() {
+    if let Some(path) = outputs.write_baseline {
+        let text = serde_json::to_string_pretty(&baseline_of(&run)).unwrap_or_default() + "\n";
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        eprintln!("baseline written to {}", path.display());
+    }
+    let mut failed = run.failed();
+    if let Some(path) = outputs.baseline {
+        match compare_baseline(path, &run) {
+            Ok(diffs) if diffs.is_empty() => eprintln!("baseline {}: deterministic metrics match", path.display()),
+            Ok(diffs) => {
+                eprintln!("baseline {}: {} difference(s) in deterministic metrics:", path.display(), diffs.len());
+                for d in diffs.iter().take(40) {
+                    eprintln!("  {d}");
+                }
+                eprintln!("if the change is intended: gastown-sim run <same args> --write-baseline {}", path.display());
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Scenario name → its deterministic metrics (no wall-clock figures).
+fn baseline_of(run: &RunSummary) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> =
+        run.scenarios.iter().map(|s| (s.name.clone(), s.deterministic_view())).collect();
+    serde_json::Value::Object(map)
+}
+
+/// Every difference between the committed baseline and this run, as lines.
+fn compare_baseline(path: &Path, run: &RunSummary) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("baseline {}: cannot read: {e}", path.display()))?;
+    let old: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("baseline {}: not JSON: {e}", path.display()))?;
+    let new = baseline_of(run);
+    let mut diffs = Vec::new();
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return Err(format!("baseline {}: expected an object of scenarios", path.display()));
+    };
+    for (name, now) in new {
+        match old.get(name) {
+            None => diffs.push(format!("{name}: not in the baseline")),
+            Some(before) => diff_values(name, before, now, &mut diffs),
+        }
+    }
+    Ok(diffs)
+}
+
+fn diff_values(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a.as_object(), b.as_object()) {
+        (Some(x), Some(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = serde_json::Value::Null;
+                diff_values(&format!("{at}.{k}"), x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{at}: baseline {a}, now {b}")),
+        _ => {}
     }
 }
 

@@ -47,6 +47,12 @@ enum Command {
         /// Write summary.json, summary.md, junit.xml, index.html and failing traces here.
         #[arg(long)]
         report_dir: Option<PathBuf>,
+        /// Compare the deterministic metrics with this committed baseline; exit 1 on any difference.
+        #[arg(long, conflicts_with = "write_baseline")]
+        baseline: Option<PathBuf>,
+        /// Write the deterministic metrics as the new baseline (an intended behaviour change).
+        #[arg(long)]
+        write_baseline: Option<PathBuf>,
     },
     /// Re-run one seed of a scenario and print its trace hash.
     Replay {
@@ -115,8 +121,14 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { scenarios, seeds, seed, shard, jobs, json, report_dir } => {
-            cli::run(&scenarios, cli::SeedChoice { seeds, seed, shard }, jobs as usize, json, report_dir.as_deref())
+        Command::Run { scenarios, seeds, seed, shard, jobs, json, report_dir, baseline, write_baseline } => {
+            let outputs = cli::Outputs {
+                json,
+                report_dir: report_dir.as_deref(),
+                baseline: baseline.as_deref(),
+                write_baseline: write_baseline.as_deref(),
+            };
+            cli::run(&scenarios, cli::SeedChoice { seeds, seed, shard }, jobs as usize, &outputs)
         }
         Command::Replay { scenario, seed, check_determinism } => cli::replay(&scenario, seed, check_determinism),
         Command::Check { scenarios } => cli::check(&scenarios),
