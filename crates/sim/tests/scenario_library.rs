@@ -27,7 +27,17 @@ fn the_scenario_library_parses_and_covers_every_bug_and_family() {
     for letter in 'a'..='r' {
         assert!(names.iter().any(|n| n.starts_with(&format!("bug-{letter}-"))), "no scenario for bug ({letter})");
     }
-    for required in ["smoke", "steady-state", "soak", "eviction-storm", "wal-loss", "duplicate-ticks", "flaky-prs", "network", "agent-misbehaviour"] {
+    for required in [
+        "smoke",
+        "steady-state",
+        "soak",
+        "eviction-storm",
+        "wal-loss",
+        "duplicate-ticks",
+        "flaky-prs",
+        "network",
+        "agent-misbehaviour",
+    ] {
         assert!(names.contains(&required), "missing {required}");
     }
     for (file, s) in &lib {

@@ -1,0 +1,159 @@
+//! The `gastown-sim` contract: exit codes, the JSON shape, replay, shards,
+//! shrink (DESIGN.md §7; other tools rely on these).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gastown-sim")).args(args).output().unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const PASSING: &str = r#"
+name = "tiny"
+[run]
+seeds = 4
+duration = "1h"
+converge_within = "1h"
+[workload]
+issues = { count = 6, per_hour = 6 }
+[agents]
+work_time = ["3m", "8m"]
+"#;
+
+/// Fails its expectation on purpose: every bead must close, yet starts fail often.
+const FAILING: &str = r#"
+name = "doomed"
+[run]
+seeds = 3
+duration = "2h"
+converge_within = "1h"
+[workload]
+issues = { count = 20, per_hour = 12 }
+convoys = [{ tasks = 3, shape = "chain" }]
+mayor_messages = { per_hour = 3 }
+[agents]
+work_time = ["3m", "8m"]
+start_failure = [0.6, 0.9]
+hang = [0.2, 0.4]
+[faults]
+forge_5xx = [0, 0.2]
+[[timeline]]
+at = "30m"
+fault = "hard_eviction"
+[expect]
+min_closed_fraction = 1.0
+"#;
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[test]
+fn cli_exit_codes_and_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "tiny.toml", PASSING);
+    let out = sim(&["run", good.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    let s = &v["scenarios"][0];
+    assert_eq!(s["name"], "tiny");
+    assert_eq!(s["seeds_run"], 4);
+    for k in [
+        "seeds_failed",
+        "failures",
+        "sim_seconds",
+        "wall_seconds",
+        "ticks",
+        "tick_wall_us",
+        "beads",
+        "faults",
+        "marks",
+        "trace_hash",
+    ] {
+        assert!(s.get(k).is_some(), "{k} missing: {s}");
+    }
+    let bad = write(dir.path(), "doomed.toml", FAILING);
+    let out = sim(&["run", bad.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let f = &json(&out)["scenarios"][0]["failures"][0];
+    assert!(f["replay"].as_str().unwrap().starts_with("gastown-sim replay "), "{f}");
+    let broken = write(dir.path(), "broken.toml", "name = \"x\"\n[run]\nseeds = \"many\"\n");
+    let out = sim(&["run", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.toml:3:9"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim(&["run", "/nonexistent.toml"]).status.code(), Some(2));
+    assert_eq!(sim(&["run", good.to_str().unwrap(), "--shard", "3/2"]).status.code(), Some(2));
+    assert_eq!(sim(&["check", good.to_str().unwrap()]).status.code(), Some(0));
+}
+
+#[test]
+fn cli_replay_reproduces_the_trace_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "tiny.toml", PASSING);
+    let run = json(&sim(&["run", good.to_str().unwrap(), "--seed", "3", "--json"]));
+    let hash = run["scenarios"][0]["trace_hash"].as_str().unwrap().to_owned();
+    let out = sim(&["replay", good.to_str().unwrap(), "--seed", "3", "--check-determinism"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&hash) && text.contains("deterministic"), "{text}");
+}
+
+#[test]
+fn cli_shards_together_equal_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "tiny.toml", PASSING);
+    let whole = json(&sim(&["run", good.to_str().unwrap(), "--json"]));
+    let mut parts = Vec::new();
+    for k in 1..=2 {
+        let out_dir = dir.path().join(format!("shard{k}"));
+        let o = sim(&[
+            "run",
+            good.to_str().unwrap(),
+            "--shard",
+            &format!("{k}/2"),
+            "--report-dir",
+            out_dir.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0));
+        for f in ["summary.json", "summary.md", "junit.xml", "index.html"] {
+            assert!(out_dir.join(f).exists(), "{f}");
+        }
+        parts.push(out_dir.join("summary.json").to_str().unwrap().to_owned());
+    }
+    let mut args = vec!["merge", "--json"];
+    args.extend(parts.iter().map(String::as_str));
+    let merged = json(&sim(&args));
+    let (w, m) = (&whole["scenarios"][0], &merged["scenarios"][0]);
+    for k in
+        ["seeds_run", "seeds_failed", "ticks", "beads", "faults", "marks", "trace_hash", "seed_hashes", "sim_seconds"]
+    {
+        assert_eq!(w[k], m[k], "{k}");
+    }
+}
+
+#[test]
+fn cli_shrink_reduces_a_failing_scenario_that_still_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(dir.path(), "doomed.toml", FAILING);
+    let small = dir.path().join("small.toml");
+    let out = sim(&["shrink", bad.to_str().unwrap(), "--seed", "1", "--out", small.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let shrunk = gastown_sim::scenario::Scenario::load(&small).unwrap();
+    let original = gastown_sim::scenario::Scenario::parse("doomed.toml", FAILING).unwrap();
+    assert!(shrunk.timeline.is_empty(), "the eviction was not needed");
+    assert!(shrunk.workload.mayor_messages.is_none() && shrunk.workload.convoys.is_empty());
+    assert!(shrunk.run.duration < original.run.duration || shrunk.workload.issues.as_ref().map(|a| a.count) < Some(20));
+    let again = sim(&["run", small.to_str().unwrap(), "--seed", "1", "--json"]);
+    assert_eq!(again.status.code(), Some(1), "the shrunk scenario still fails");
+    assert_eq!(json(&again)["scenarios"][0]["failures"][0]["invariant"], "min_closed_fraction");
+}
