@@ -15,5 +15,6 @@ pub mod report;
 pub mod scenario;
 pub mod shrink;
 pub mod trace;
+pub mod world;
 
 pub use driver::{run_seed, SeedResult, SimParams};

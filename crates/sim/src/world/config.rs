@@ -242,7 +242,12 @@ pub struct People {
 
 impl Default for People {
     fn default() -> Self {
-        People { ci_ms: (30_000, 5 * MIN), ci_failure: (0.0, 0.0), approve_ms: (2 * MIN, 20 * MIN), resolve_thread_ms: (5 * MIN, 20 * MIN) }
+        People {
+            ci_ms: (30_000, 5 * MIN),
+            ci_failure: (0.0, 0.0),
+            approve_ms: (2 * MIN, 20 * MIN),
+            resolve_thread_ms: (5 * MIN, 20 * MIN),
+        }
     }
 }
 
@@ -262,7 +267,12 @@ pub struct FaultRanges {
 
 impl Default for FaultRanges {
     fn default() -> Self {
-        FaultRanges { rates: BTreeMap::new(), restart_delay_ms: (1_000, 60_000), partition_ms: (10_000, 3 * MIN), latency_ms: (0, 0) }
+        FaultRanges {
+            rates: BTreeMap::new(),
+            restart_delay_ms: (1_000, 60_000),
+            partition_ms: (10_000, 3 * MIN),
+            latency_ms: (0, 0),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! container upkeep (health check, hourly token push) and the per-agent
 //! status observation (spec town.md §5.2 phases 1–2).
 
-use super::host::TownHost;
+use super::host::{TickPhase, TownHost};
 use crate::error::Result;
 use crate::model::AgentStatus;
 use crate::time::Timestamp;
@@ -82,11 +82,18 @@ impl TownHost {
     pub async fn tick_once(&self) -> Result<Option<TickReport>> {
         self.container_upkeep().await;
         self.observe_agents().await?;
-        let Some(plan) = self.with_town_quietly(|t| t.begin_tick())? else { return Ok(None) };
+        self.observe_phase(TickPhase::BeginStart);
+        let plan = self.with_town_quietly(|t| t.begin_tick());
+        self.observe_phase(TickPhase::BeginEnd);
+        let Some(plan) = plan? else { return Ok(None) };
         let outcomes = self.run_effects(&plan.report.effects).await;
-        let (report, housekeeping) = self.with_town_quietly(|t| t.finish_tick(plan, outcomes))?;
+        self.observe_phase(TickPhase::FinishStart);
+        let finished = self.with_town_quietly(|t| t.finish_tick(plan, outcomes));
+        self.observe_phase(TickPhase::FinishEnd);
+        let (report, housekeeping) = finished?;
         let later = self.run_effects(&housekeeping).await;
         self.with_town_quietly(|t| t.apply_outcomes(&later))?;
+        self.observe_report(&report);
         Ok(Some(report))
     }
 

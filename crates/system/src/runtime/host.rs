@@ -35,6 +35,29 @@ pub struct TownHost {
     /// Woken whenever an operation may have brought the alarm earlier.
     pub(super) wake: Notify,
     pub(super) upkeep: Mutex<super::alarm::Upkeep>,
+    /// Watches ticks (the simulator's oracles and cost measurement).
+    pub(super) observer: Mutex<Option<Arc<dyn TickObserver>>>,
+}
+
+/// Where a tick is, as a [`TickObserver`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TickPhase {
+    /// Before `begin_tick` (after container upkeep and status observation).
+    BeginStart,
+    /// `begin_tick` committed; the tick's effects are about to run.
+    BeginEnd,
+    /// Before `finish_tick`.
+    FinishStart,
+    /// `finish_tick` committed.
+    FinishEnd,
+}
+
+/// Hook for whoever drives the town from outside (the simulator): told
+/// around each synchronous phase of a tick (so it can time them) and given
+/// every tick's report. Never called while the town's lock is held.
+pub trait TickObserver: Send + Sync {
+    fn phase(&self, _phase: TickPhase) {}
+    fn tick_done(&self, _report: &crate::town::TickReport) {}
 }
 
 impl TownHost {
@@ -51,6 +74,7 @@ impl TownHost {
             cfg,
             wake: Notify::new(),
             upkeep: Mutex::new(Default::default()),
+            observer: Mutex::new(None),
         })
     }
 
@@ -58,6 +82,25 @@ impl TownHost {
     /// reported as not run.
     pub fn set_pr_effects(&self, pr: Arc<dyn PrEffects>) {
         self.runner.set_pr_effects(pr);
+    }
+
+    /// Install the tick observer (replacing any earlier one).
+    pub fn set_tick_observer(&self, observer: Arc<dyn TickObserver>) {
+        *self.observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
+
+    pub(super) fn observe_phase(&self, phase: TickPhase) {
+        let o = self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(o) = o {
+            o.phase(phase);
+        }
+    }
+
+    pub(super) fn observe_report(&self, report: &crate::town::TickReport) {
+        let o = self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(o) = o {
+            o.tick_done(report);
+        }
     }
 
     pub fn town_id(&self) -> &str {
@@ -90,8 +133,9 @@ impl TownHost {
     }
 
     /// A town operation the alarm loop itself runs: no wake-up for itself
-    /// (a permit left by its own call would make the loop spin).
-    pub(super) fn with_town_quietly<T>(&self, f: impl FnOnce(&mut Town) -> Result<T>) -> Result<T> {
+    /// (a permit left by its own call would make the loop spin). Also for
+    /// observers that only read (the simulator's oracles).
+    pub fn with_town_quietly<T>(&self, f: impl FnOnce(&mut Town) -> Result<T>) -> Result<T> {
         f(&mut self.lock())
     }
 

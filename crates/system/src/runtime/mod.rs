@@ -8,7 +8,7 @@ mod container_runner;
 mod host;
 
 pub use container_runner::{ContainerRunner, PrEffects};
-pub use host::{TownHost, TownHostConfig};
+pub use host::{TickObserver, TickPhase, TownHost, TownHostConfig};
 
 #[cfg(test)]
 mod tests;

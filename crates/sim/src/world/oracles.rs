@@ -1,0 +1,241 @@
+//! The oracles of DESIGN.md §5 that the world runs: the town-state checker
+//! from the town core (after every tick), the forge side (no duplicate PRs,
+//! no foreign merge), the session side (history survives a drain, no
+//! duplicate initial prompt, registry cleared after a drain), and liveness
+//! after heal with a diagnosis.
+
+use super::hosts::{PrRecord, OWNER};
+use gastown::container::session::{self, SessionDb};
+use gastown::container::Container;
+use gastown::forge::Forge;
+use gastown::model::{BeadStatus, BeadType};
+use gastown::runtime::TownHost;
+use gastown::time::Timestamp;
+use gastown::town::invariants::Violation;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Every invariant name a failure can carry (besides [`LIVENESS`]).
+pub const INVARIANTS: &[&str] = &[
+    // town state (gastown::town::invariants::Checker)
+    "one_agent_per_hook",
+    "working_agent_has_hook",
+    "terminal_is_final",
+    "one_direct_review_per_rig",
+    "in_review_has_live_mr",
+    "closed_issue_has_merge",
+    "one_live_landing_mr",
+    "landing_attempts_bounded",
+    "one_live_feedback_bead",
+    "fix_beads_never_reviewed",
+    "no_refinery_when_review_off",
+    "gupp_grace_after_dispatch",
+    "gupp_needs_valid_activity",
+    "terminal_escalations_quiet",
+    "events_applied_once",
+    "no_running_status_events",
+    "dispatch_bounded",
+    "polled_mr_not_orphaned",
+    // the alarm, checked by the world between steps
+    "alarm_never_postponed",
+    // upstream's own per-tick checks (TickReport::invariant_violations)
+    "upstream_check",
+    // forge side (here)
+    "one_open_pr_per_source",
+    "no_foreign_merge",
+    // session side (here)
+    "session_history_survives_drain",
+    "no_duplicate_initial_prompt",
+    "registry_cleared_after_drain",
+    // expectations
+    "min_closed_fraction",
+    "event_latency",
+];
+pub const LIVENESS: &str = "liveness";
+
+fn v(invariant: &'static str, detail: impl Into<String>) -> Violation {
+    Violation { invariant, detail: detail.into() }
+}
+
+/// Forge side: a source bead never has two open PRs that live MRs of the
+/// town are polling; every PR the forge merged through its API belongs to an
+/// MR the town knows (merges from outside are the world's own and excluded).
+pub fn forge_side(town: &TownHost, forge: &Forge, prs: &[PrRecord], external: &BTreeSet<String>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let live: BTreeMap<String, String> = town
+        .with_town_quietly(|t| {
+            let mut st = t.conn().prepare_cached(
+                "SELECT r.pr_url, b.bead_id FROM review_metadata r JOIN beads b ON b.bead_id = r.bead_id \
+                 WHERE r.pr_url IS NOT NULL AND b.status IN ('open', 'in_progress', 'in_review')",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .unwrap_or_default();
+    let known: BTreeSet<String> = town
+        .with_town_quietly(|t| {
+            let mut st = t.conn().prepare_cached("SELECT pr_url FROM review_metadata WHERE pr_url IS NOT NULL")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .unwrap_or_default();
+    let mut open_by_source: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for pr in prs {
+        let Ok(p) = forge.pull(OWNER, &pr.repo, pr.number) else { continue };
+        if p.state == "open" && live.contains_key(&pr.url) {
+            open_by_source.entry(pr.bead_id.as_str()).or_default().push(pr.number);
+        }
+        if p.merged && !external.contains(&pr.url) && !known.contains(&pr.url) {
+            out.push(v("no_foreign_merge", format!("PR {} was merged but no MR of the town carries it", pr.url)));
+        }
+    }
+    for (bead, numbers) in open_by_source {
+        if numbers.len() > 1 {
+            out.push(v("one_open_pr_per_source", format!("bead {bead} has open PRs {numbers:?} under live MRs")));
+        }
+    }
+    out
+}
+
+/// Session side, any time: a session's initial prompt appears once.
+pub fn initial_prompt_once(c: &Container) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for s in c.statuses() {
+        let turns = c.session_turns(&s.agent_id);
+        let Some(first) = turns.first() else { continue };
+        if first.role != session::TurnRole::User {
+            continue;
+        }
+        let n = turns.iter().filter(|t| t.role == session::TurnRole::User && t.text == first.text).count();
+        if n > 1 {
+            out.push(v(
+                "no_duplicate_initial_prompt",
+                format!("agent {} session {} holds its initial prompt {n} times", s.agent_id, first.session_id),
+            ));
+        }
+    }
+    out
+}
+
+fn snapshot_turns(bytes: &[u8], scratch: &Path, session_id: &str) -> Option<usize> {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).ok()?;
+    let path = scratch.join("snap.db");
+    session::install_snapshot(&path, bytes).ok()?;
+    let db = SessionDb::open(&path).ok()?;
+    db.turns(session_id).ok().map(|t| t.len())
+}
+
+/// Session side, after a graceful drain finished: every live session's
+/// history is in the town's stored snapshot, and the registry is empty.
+/// `exempt` are agents whose snapshot a fault legitimately kept out.
+pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, exempt: &BTreeSet<String>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for s in c.statuses() {
+        if exempt.contains(&s.agent_id) {
+            continue;
+        }
+        let turns = c.session_turns(&s.agent_id);
+        let Some(sid) = turns.first().map(|t| t.session_id.clone()) else { continue };
+        let stored = town.with_town_quietly(|t| t.session_snapshot(&s.agent_id)).ok().flatten();
+        let Some((meta, bytes)) = stored else {
+            out.push(v(
+                "session_history_survives_drain",
+                format!("agent {}: {} turns on disk, no snapshot stored after the drain", s.agent_id, turns.len()),
+            ));
+            continue;
+        };
+        let got = snapshot_turns(&bytes, scratch, &sid).unwrap_or(0);
+        if got < turns.len() {
+            out.push(v(
+                "session_history_survives_drain",
+                format!(
+                    "agent {}: snapshot v{} holds {got} of the session's {} turns",
+                    s.agent_id,
+                    meta.version,
+                    turns.len()
+                ),
+            ));
+        }
+    }
+    let registry = town.with_town_quietly(|t| t.container_registry()).unwrap_or_default();
+    if !registry.is_empty() {
+        let ids: Vec<&str> = registry.iter().map(|e| e.agent_id.as_str()).collect();
+        out.push(v("registry_cleared_after_drain", format!("registry still lists {ids:?} after the drain")));
+    }
+    out
+}
+
+/// Liveness: `None` when settled, else what is stuck and which rule should move it.
+pub fn unsettled(town: &TownHost, now: Timestamp) -> Option<Vec<String>> {
+    let mut stuck = Vec::new();
+    let _ = town.with_town_quietly(|t| {
+        for ty in [BeadType::Issue, BeadType::MergeRequest, BeadType::Convoy] {
+            for b in t.beads_of(ty, None)?.into_iter().filter(|b| b.status.is_live()) {
+                let why = match (ty, b.status) {
+                    (BeadType::Issue, BeadStatus::Open) if b.assignee_agent_bead_id.is_none() => {
+                        "open and unassigned: Rule 1 should dispatch it (blocked? staged convoy? breaker open?)"
+                    }
+                    (BeadType::Issue, BeadStatus::Open) => {
+                        "open with an assignee: Rule 1b should clear a stale assignee or Rule 2 dispatch"
+                    }
+                    (BeadType::Issue, BeadStatus::InProgress) => {
+                        "in progress: its agent should finish, or A4/A5 / Rule 3 should reset it"
+                    }
+                    (BeadType::Issue, _) => {
+                        "in review: its MR should land, or Rule 4 should recover a source without a live MR"
+                    }
+                    (BeadType::MergeRequest, BeadStatus::Open) => "MR open: review Rule 5 should pop it to a refinery",
+                    (BeadType::MergeRequest, _) => {
+                        "MR in progress: review Rule 1 should poll/merge its PR, or the refinery finish"
+                    }
+                    _ => "convoy open: progress/landing should close it once its members are terminal",
+                };
+                stuck.push(format!(
+                    "{ty} {} {} assignee={} attempts={} idle {}s: {why}",
+                    b.bead_id,
+                    b.status,
+                    b.assignee_agent_bead_id.as_deref().unwrap_or("-"),
+                    b.dispatch_attempts,
+                    now.since(b.updated_at) / 1000
+                ));
+            }
+        }
+        let pending = t.pending_event_count()?;
+        if pending > 0 {
+            stuck.push(format!("{pending} events pending: Phase 0 should drain them"));
+        }
+        for a in t.agents()? {
+            if a.status == gastown::model::AgentStatus::Working && a.current_hook_bead_id.is_none() {
+                stuck.push(format!("agent {} working without a hook: A1 should idle it", a.agent_id));
+            }
+        }
+        if let Some(r) = t.last_report() {
+            if r.active_work {
+                stuck.push("alarm still on the active cadence".into());
+            }
+        }
+        Ok(())
+    });
+    (!stuck.is_empty()).then_some(stuck)
+}
+
+/// Agents and their hooks, for a failed liveness check's report.
+pub fn agents_summary(town: &TownHost) -> Vec<String> {
+    town.with_town_quietly(|t| {
+        Ok(t.agents()?
+            .into_iter()
+            .map(|a| {
+                format!(
+                    "agent {} {} {} hook={} attempts={}",
+                    a.agent_id,
+                    a.role,
+                    a.status,
+                    a.current_hook_bead_id.as_deref().unwrap_or("-"),
+                    a.dispatch_attempts
+                )
+            })
+            .collect())
+    })
+    .unwrap_or_default()
+}

@@ -1,0 +1,168 @@
+//! The workload: a schedule of user operations drawn from the workload
+//! stream (Poisson arrivals of issues, convoys of given shapes, mayor
+//! messages and user actions), played by a turmoil client over the town's
+//! HTTP API with a user token. Arrivals stop at `heal_at`.
+
+use super::config::{ConvoyPlan, ConvoyShape, WorldConfig};
+use super::hosts::{lock, merge_mode, rig_id, Shared, EPOCH, SECRET, TOWN_ID, TOWN_URL};
+use crate::net::TurmoilConnector;
+use gastown::net::HttpClient;
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Sling { rig: String, title: String },
+    Convoy { index: usize, rig: String, plan: ConvoyPlan },
+    StartConvoy { index: usize },
+    MayorMessage { text: String },
+    ResetAgent,
+    CloseBead,
+    AcknowledgeEscalation,
+}
+
+/// Exponential gap with the given mean.
+fn gap(rng: &mut StdRng, mean_ms: f64) -> u64 {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    (-u.ln() * mean_ms) as u64
+}
+
+/// Poisson arrival times in `[0, end)` at `per_hour`.
+pub fn arrivals(rng: &mut StdRng, per_hour: f64, end: u64, max: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    if per_hour <= 0.0 {
+        return out;
+    }
+    let mean = 3_600_000.0 / per_hour;
+    let mut t = gap(rng, mean);
+    while t < end && out.len() < max {
+        out.push(t);
+        t += gap(rng, mean).max(1);
+    }
+    out
+}
+
+/// The whole schedule, sorted by time (stable for equal times).
+pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
+    let end = cfg.heal_at();
+    let w = &cfg.workload;
+    let rigs = cfg.town.rigs.max(1);
+    let mut ops = Vec::new();
+    for (n, at) in arrivals(rng, w.issues_per_hour, end, w.issues as usize).into_iter().enumerate() {
+        let rig = rig_id(rng.random_range(0..rigs));
+        ops.push((at, Op::Sling { rig, title: format!("issue {n}") }));
+    }
+    for (index, plan) in w.convoys.iter().enumerate() {
+        let at = plan.at_ms.unwrap_or_else(|| rng.random_range(0..=end / 2)).min(end);
+        let rig = rig_id(rng.random_range(0..rigs));
+        ops.push((at, Op::Convoy { index, rig, plan: plan.clone() }));
+        if let Some(after) = plan.start_after_ms {
+            ops.push((at + after, Op::StartConvoy { index }));
+        }
+    }
+    for (n, at) in arrivals(rng, w.mayor_messages_per_hour, end, 10_000).into_iter().enumerate() {
+        ops.push((at, Op::MayorMessage { text: format!("mayor, status of things? ({n})") }));
+    }
+    for at in arrivals(rng, w.reset_agent_per_hour, end, 10_000) {
+        ops.push((at, Op::ResetAgent));
+    }
+    for at in arrivals(rng, w.close_bead_per_hour, end, 10_000) {
+        ops.push((at, Op::CloseBead));
+    }
+    for at in arrivals(rng, w.acknowledge_escalation_per_hour, end, 10_000) {
+        ops.push((at, Op::AcknowledgeEscalation));
+    }
+    ops.sort_by_key(|(at, _)| *at);
+    ops
+}
+
+/// `depends_on` lists of a DAG shape.
+pub fn shape(shape: ConvoyShape, n: usize) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|i| match shape {
+            ConvoyShape::Chain if i > 0 => vec![i - 1],
+            ConvoyShape::FanOut if i > 0 => vec![0],
+            ConvoyShape::Diamond if i > 0 && i + 1 < n => vec![0],
+            ConvoyShape::Diamond if i > 0 && i + 1 == n => {
+                (1..i).collect::<Vec<_>>().into_iter().chain((i == 1).then_some(0)).collect()
+            }
+            _ => vec![],
+        })
+        .collect()
+}
+
+/// A target for a user action, picked from the town's state (the user looks at the dashboard).
+fn pick(sh: &Shared, sql: &str) -> Option<String> {
+    let host = sh.town()?;
+    host.with_town_quietly(|t| Ok(t.conn().query_row(sql, [], |r| r.get::<_, String>(0)).ok())).ok().flatten()
+}
+
+/// The workload client: plays the schedule against the town's API.
+pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
+    let http = HttpClient::new(Arc::new(TurmoilConnector), Duration::from_secs(10));
+    let signer = gastown::auth::Signer::new(SECRET);
+    let token = signer.user_token(TOWN_ID, EPOCH.plus_ms(365 * 24 * 3_600_000));
+    let base = format!("{TOWN_URL}/api/towns/{TOWN_ID}");
+    let mut convoys: BTreeMap<usize, String> = BTreeMap::new();
+    for (at, op) in ops {
+        let now = super::hosts::host_now_ms() as u64;
+        if at > now {
+            tokio::time::sleep(Duration::from_millis(at - now)).await;
+        }
+        let (url, body, what) = match &op {
+            Op::Sling { rig, title } => (format!("{base}/rigs/{rig}/sling"), json!({ "title": title }), "sling"),
+            Op::Convoy { index, rig, plan } => {
+                let deps = shape(plan.shape, plan.tasks.max(1) as usize);
+                let tasks: Vec<_> = deps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| json!({ "title": format!("convoy {index} task {i}"), "depends_on": d }))
+                    .collect();
+                let mut body = json!({
+                    "rig_id": rig,
+                    "title": format!("convoy {index}"),
+                    "tasks": tasks,
+                    "staged": plan.start_after_ms.is_some(),
+                });
+                if let Some(m) = plan.merge_mode {
+                    body["merge_mode"] = serde_json::to_value(merge_mode(m)).unwrap_or_default();
+                }
+                (format!("{base}/convoys"), body, "convoy")
+            }
+            Op::StartConvoy { index } => match convoys.get(index) {
+                Some(id) => (format!("{base}/convoys/{id}/start"), json!({}), "start_convoy"),
+                None => continue,
+            },
+            Op::MayorMessage { text } => (format!("{base}/mayor/message"), json!({ "message": text }), "mayor_message"),
+            Op::ResetAgent => match pick(&sh, "SELECT bead_id FROM agent_metadata WHERE role = 'polecat' AND status = 'working' ORDER BY bead_id LIMIT 1") {
+                Some(a) => (format!("{base}/agents/{a}/reset"), json!({}), "reset_agent"),
+                None => continue,
+            },
+            Op::CloseBead => match pick(&sh, "SELECT bead_id FROM beads WHERE type = 'issue' AND status = 'open' AND assignee_agent_bead_id IS NULL ORDER BY created_at, bead_id LIMIT 1") {
+                Some(b) => (format!("{base}/beads/{b}/close"), json!({}), "close_bead"),
+                None => continue,
+            },
+            Op::AcknowledgeEscalation => match pick(&sh, "SELECT bead_id FROM escalation_metadata WHERE acknowledged = 0 ORDER BY bead_id LIMIT 1") {
+                Some(e) => (format!("{base}/escalations/{e}/acknowledge"), json!({}), "acknowledge_escalation"),
+                None => continue,
+            },
+        };
+        let r = http.post(url).bearer(&token).json(&body).send().await;
+        let status = r.as_ref().map_or(0, |r| r.status);
+        if let (Op::Convoy { index, .. }, Ok(r)) = (&op, &r) {
+            if let Ok(v) = r.json::<serde_json::Value>() {
+                if let Some(id) = v["data"]["convoy_id"].as_str() {
+                    convoys.insert(*index, id.to_owned());
+                }
+            }
+        }
+        lock(&sh.records).push((super::hosts::host_now_ms(), "user", format!("{what} -> {status}")));
+    }
+    lock(&sh.records).push((super::hosts::host_now_ms(), "user", "workload done".into()));
+    *lock(&sh.workload_done) = true;
+    Ok(())
+}
