@@ -13,6 +13,7 @@ pub mod generate;
 pub mod ids;
 pub mod model;
 pub mod net;
+pub mod prod;
 pub mod runtime;
 pub mod scm;
 pub mod store;
