@@ -61,6 +61,7 @@ fn storm() -> WorldConfig {
 }
 
 #[test]
+#[ignore = "heavy: run with --release -- --ignored"]
 fn every_fault_kind_fires_and_is_counted() {
     let cfg = storm();
     let mut seen = std::collections::BTreeMap::<String, u64>::new();
@@ -77,4 +78,100 @@ fn every_fault_kind_fires_and_is_counted() {
         .filter(|k| !["partition", "hold"].contains(k) && !seen.contains_key(*k))
         .collect();
     assert!(missing.is_empty(), "never fired: {missing:?}; seen {seen:?}");
+}
+
+/// The deliberately broken build: snapshots skip the WAL checkpoint, so a
+/// drained session's snapshot misses its newest turns.
+#[test]
+fn snapshots_without_the_wal_checkpoint_are_caught() {
+    let mut cfg = WorldConfig::smoke();
+    cfg.faults = FaultRanges::default().with("graceful_eviction", 4.0, 4.0);
+    cfg.skip_wal_checkpoint = true;
+    let caught = (1..=3).any(|seed| {
+        let r = run_seed(&cfg, seed, &RunOptions::default());
+        r.failures.iter().any(|f| f.invariant == "session_history_survives_drain")
+    });
+    assert!(caught, "no seed caught the missing WAL checkpoint");
+    cfg.skip_wal_checkpoint = false;
+    let r = run(&cfg, 1);
+    assert!(r.failures.iter().all(|f| f.invariant != "session_history_survives_drain"), "{}", show(&r));
+}
+
+fn family(rates: &[(&str, f64)]) -> WorldConfig {
+    let mut cfg = WorldConfig::smoke();
+    cfg.duration_ms = 2 * 3_600_000;
+    cfg.heal_at_ms = Some(90 * 60_000);
+    cfg.converge_within_ms = 3_600_000;
+    cfg.workload.issues = 15;
+    for (k, r) in rates {
+        cfg.faults.rates.insert((*k).to_owned(), (0.0, *r));
+    }
+    cfg
+}
+
+fn family_passes(cfg: &WorldConfig) {
+    for seed in 1..=seeds() {
+        let r = run_seed(cfg, seed, &RunOptions::default());
+        assert!(r.passed, "{}", show(&r));
+        assert!(r.beads.closed > 0, "{}", show(&r));
+    }
+}
+
+#[test]
+#[ignore = "heavy: run with --release -- --ignored"]
+fn container_evictions_pass_and_converge() {
+    family_passes(&family(&[
+        ("graceful_eviction", 2.0),
+        ("hard_eviction", 1.0),
+        ("eviction_during_start", 1.0),
+        ("eviction_during_drain", 0.3),
+        ("double_eviction", 0.3),
+    ]));
+}
+
+#[test]
+#[ignore = "heavy: run with --release -- --ignored"]
+fn wal_loss_passes_and_converges() {
+    family_passes(&family(&[
+        ("wal_busy_snapshot", 3.0),
+        ("wal_lost_at_crash", 1.0),
+        ("snapshot_upload_lost", 0.2),
+        ("snapshot_upload_reordered", 0.2),
+        ("stale_snapshot", 0.5),
+        ("graceful_eviction", 1.0),
+    ]));
+}
+
+#[test]
+#[ignore = "heavy: run with --release -- --ignored"]
+fn duplicate_ticks_pass_and_converge() {
+    family_passes(&family(&[("duplicate_tick", 0.2), ("overlapping_tick", 0.2), ("duplicate_request", 0.1)]));
+}
+
+#[test]
+#[ignore = "heavy: run with --release -- --ignored"]
+fn flaky_prs_pass_and_converge() {
+    family_passes(&family(&[
+        ("forge_5xx", 0.1),
+        ("forge_429", 0.05),
+        ("forge_invalid_json", 0.05),
+        ("forge_404", 0.02),
+        ("forge_outage", 1.0),
+        ("mergeable_flap", 3.0),
+        ("checks_flap", 3.0),
+        ("merge_method_405", 0.5),
+        ("external_merge", 1.0),
+        ("external_close", 1.0),
+        ("blocking_review", 0.3),
+    ]));
+}
+
+#[test]
+#[ignore = "heavy: run with --release -- --ignored"]
+fn network_faults_pass_and_converge() {
+    family_passes(&family(&[
+        ("partition_town_container", 2.0),
+        ("partition_town_forge", 2.0),
+        ("hold_town_container", 2.0),
+    ]));
 }

@@ -206,7 +206,10 @@ pub fn unsettled(town: &TownHost, now: Timestamp) -> Option<Vec<String>> {
             stuck.push(format!("{pending} events pending: Phase 0 should drain them"));
         }
         for a in t.agents()? {
-            if a.status == gastown::model::AgentStatus::Working && a.current_hook_bead_id.is_none() {
+            if a.status == gastown::model::AgentStatus::Working
+                && a.current_hook_bead_id.is_none()
+                && a.role != gastown::model::AgentRole::Mayor
+            {
                 stuck.push(format!("agent {} working without a hook: A1 should idle it", a.agent_id));
             }
         }
