@@ -3,7 +3,7 @@
 //! duration). A reduction is kept when the scenario still fails the same
 //! way; passes repeat until none applies.
 
-use crate::scenario::{Dur, Prob, Rate, Scenario};
+use crate::scenario::{Dur, Rate, Scenario};
 
 type Reduction = fn(&Scenario, usize) -> Option<Scenario>;
 
@@ -62,49 +62,10 @@ fn fewer_issues(s: &Scenario, i: usize) -> Option<Scenario> {
 
 /// Zero the i-th non-zero fault rate.
 fn zero_fault(s: &Scenario, i: usize) -> Option<Scenario> {
+    let key = s.faults.rates.iter().filter(|(_, r)| r.0.hi > 0.0).map(|(k, _)| k.clone()).nth(i)?;
     let mut c = s.clone();
-    let f = &mut c.faults;
-    let mut probs: Vec<&mut Prob> = vec![
-        &mut f.wal_loss,
-        &mut f.snapshot_upload_lost,
-        &mut f.stale_snapshot,
-        &mut f.duplicate_ticks,
-        &mut f.overlapping_ticks,
-        &mut f.duplicate_requests,
-        &mut f.forge_5xx,
-        &mut f.forge_429,
-        &mut f.forge_invalid_json,
-        &mut f.forge_404,
-        &mut f.mergeable_flap,
-        &mut f.checks_flap,
-        &mut f.merge_method_405,
-        &mut f.external_merge,
-        &mut f.blocking_review,
-        &mut f.classifier_failure,
-        &mut f.lost_responses,
-    ];
-    let mut rates: Vec<&mut Rate> =
-        vec![&mut f.graceful_evictions_per_hour, &mut f.hard_evictions_per_hour, &mut f.partitions_per_hour];
-    let mut live = 0;
-    for p in probs.iter_mut() {
-        if p.0.hi > 0.0 {
-            if live == i {
-                **p = Prob::default();
-                return Some(c);
-            }
-            live += 1;
-        }
-    }
-    for r in rates.iter_mut() {
-        if r.0.hi > 0.0 {
-            if live == i {
-                **r = Rate::default();
-                return Some(c);
-            }
-            live += 1;
-        }
-    }
-    None
+    c.faults.rates.insert(key, Rate::default());
+    Some(c)
 }
 
 /// Halve the run (heal time and timeline scale with it).
@@ -149,9 +110,9 @@ issues = { count = 40, per_hour = 10 }
 convoys = [{ tasks = 3, shape = "chain" }, { tasks = 5, shape = "diamond" }]
 mayor_messages = { per_hour = 2 }
 [faults]
-hard_evictions_per_hour = [0, 2]
+hard_eviction = [0, 2]
 forge_5xx = 0.1
-wal_loss = [0, 0.5]
+wal_busy_snapshot = [0, 0.5]
 [[timeline]]
 at = "1h"
 fault = "hard_eviction"
@@ -167,7 +128,7 @@ for = "5m"
         let s = Scenario::parse("s.toml", FILE).unwrap();
         // A stand-in "failure" that needs WAL loss and at least one diamond convoy.
         let fails = |s: &Scenario| {
-            s.faults.wal_loss.0.hi > 0.0
+            s.faults.rates.get("wal_busy_snapshot").is_some_and(|r| r.0.hi > 0.0)
                 && s.workload.convoys.iter().any(|c| c.shape == crate::scenario::ConvoyShape::Diamond)
         };
         let (small, steps) = shrink(&s, fails);
@@ -176,8 +137,8 @@ for = "5m"
         assert!(small.timeline.is_empty());
         assert_eq!(small.workload.convoys.len(), 1);
         assert!(small.workload.issues.is_none() && small.workload.mayor_messages.is_none());
-        assert_eq!(small.faults.forge_5xx.0.hi, 0.0);
-        assert_eq!(small.faults.hard_evictions_per_hour.0.hi, 0.0);
+        assert_eq!(small.faults.rates["forge_5xx"].0.hi, 0.0);
+        assert_eq!(small.faults.rates["hard_eviction"].0.hi, 0.0);
         assert!(small.run.duration < s.run.duration);
         // The result is a valid scenario file again.
         let text = toml::to_string_pretty(&small).unwrap();

@@ -25,6 +25,8 @@ pub struct Scenario {
     #[serde(default)]
     pub agents: AgentsSection,
     #[serde(default)]
+    pub people: PeopleSection,
+    #[serde(default)]
     pub faults: FaultsSection,
     #[serde(default)]
     pub timeline: Vec<TimelineEntry>,
@@ -67,7 +69,8 @@ pub struct TownSection {
     pub merge_strategy: MergeStrategy,
     pub code_review: bool,
     pub auto_merge_delay_minutes: u32,
-    pub staged_convoys: bool,
+    /// PRs need an approving review before they merge.
+    pub require_review: bool,
     pub convoy_merge_mode: ConvoyMergeMode,
     /// Review feedback and conflicts get fix-up beads automatically.
     pub auto_resolve: bool,
@@ -80,7 +83,7 @@ impl Default for TownSection {
             merge_strategy: MergeStrategy::Pr,
             code_review: true,
             auto_merge_delay_minutes: 0,
-            staged_convoys: false,
+            require_review: false,
             convoy_merge_mode: ConvoyMergeMode::ReviewThenLand,
             auto_resolve: true,
         }
@@ -178,51 +181,29 @@ impl Default for AgentsSection {
     }
 }
 
-/// Fault rates, each a range sampled per seed. Eviction and partition rates
-/// are per simulated hour; the rest are probabilities per opportunity
-/// (per snapshot, per tick, per request, per forge call, per poll).
+/// Fault rates: each key is a fault kind of `world::FAULT_KINDS` (per
+/// simulated hour or per opportunity, as the kind says), its value a range
+/// sampled per seed; plus the lengths the kinds use.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct FaultsSection {
-    pub graceful_evictions_per_hour: Rate,
-    pub hard_evictions_per_hour: Rate,
     /// How long an evicted container stays down before the new one boots.
     pub restart_delay: Option<Range<Dur>>,
-    pub wal_loss: Prob,
-    pub snapshot_upload_lost: Prob,
-    pub stale_snapshot: Prob,
-    pub duplicate_ticks: Prob,
-    pub overlapping_ticks: Prob,
-    pub duplicate_requests: Prob,
-    pub forge_5xx: Prob,
-    pub forge_429: Prob,
-    pub forge_invalid_json: Prob,
-    pub forge_404: Prob,
-    pub mergeable_flap: Prob,
-    pub checks_flap: Prob,
-    pub merge_method_405: Prob,
-    pub external_merge: Prob,
-    pub blocking_review: Prob,
-    pub classifier_failure: Prob,
-    pub partitions_per_hour: Rate,
     pub partition_length: Option<Range<Dur>>,
     /// Extra one-way message latency, milliseconds.
     pub latency_ms: Option<Range<u64>>,
-    pub lost_responses: Prob,
+    #[serde(flatten)]
+    pub rates: std::collections::BTreeMap<String, Rate>,
 }
 
-/// Fault kinds a timeline entry may name.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum TimelineFault {
-    GracefulEviction,
-    HardEviction,
-    Partition,
-    Hold,
-    DuplicateTick,
-    OverlappingTick,
-    ForgeOutage,
-    WalLoss,
+/// The people around the town: CI on the forge and human reviewers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeopleSection {
+    pub ci_time: Option<Range<Dur>>,
+    pub ci_failure: Option<Prob>,
+    pub approve_time: Option<Range<Dur>>,
+    pub resolve_thread_time: Option<Range<Dur>>,
 }
 
 pub const HOSTS: [&str; 3] = ["town", "container", "forge"];
@@ -231,7 +212,8 @@ pub const HOSTS: [&str; 3] = ["town", "container", "forge"];
 #[serde(deny_unknown_fields)]
 pub struct TimelineEntry {
     pub at: Dur,
-    pub fault: TimelineFault,
+    /// A fault kind that a timeline may schedule (see `world::FAULT_KINDS`).
+    pub fault: String,
     /// The two hosts a network fault cuts (`town`, `container`, `forge`).
     #[serde(default)]
     pub between: Option<[String; 2]>,
@@ -365,14 +347,28 @@ impl Scenario {
                 return Err(("invariants", format!("expected \"all\" or a list of invariant names, got {k:?}")));
             }
         }
+        use crate::world::FAULT_KINDS;
+        for kind in self.faults.rates.keys() {
+            if !FAULT_KINDS.iter().any(|f| f.name == kind) {
+                let names: Vec<&str> = FAULT_KINDS.iter().map(|f| f.name).collect();
+                return Err(("faults", format!("unknown fault kind `{kind}`, expected one of {}", names.join(", "))));
+            }
+        }
         for t in &self.timeline {
             if t.at > self.heal_at() {
                 return Err(("at", format!("timeline fault at {} fires after heal_at ({})", t.at, self.heal_at())));
             }
-            let network = matches!(t.fault, TimelineFault::Partition | TimelineFault::Hold);
+            if !FAULT_KINDS.iter().any(|f| f.name == t.fault && f.timeline) {
+                let names: Vec<&str> = FAULT_KINDS.iter().filter(|f| f.timeline).map(|f| f.name).collect();
+                return Err((
+                    "fault",
+                    format!("`{}` cannot be scheduled; timeline faults: {}", t.fault, names.join(", ")),
+                ));
+            }
+            let network = matches!(t.fault.as_str(), "partition" | "hold");
             match (&t.between, network) {
-                (None, true) => return Err(("between", format!("{:?} needs `between = [host, host]`", t.fault))),
-                (Some(_), false) => return Err(("between", format!("{:?} does not take `between`", t.fault))),
+                (None, true) => return Err(("between", format!("{} needs `between = [host, host]`", t.fault))),
+                (Some(_), false) => return Err(("between", format!("{} does not take `between`", t.fault))),
                 (Some([a, b]), true) => {
                     for h in [a, b] {
                         if !HOSTS.contains(&h.as_str()) {
@@ -386,7 +382,7 @@ impl Scenario {
                 (None, false) => {}
             }
             if network && t.lasts.is_none() {
-                return Err(("for", format!("{:?} needs `for = \"<duration>\"`", t.fault)));
+                return Err(("for", format!("{} needs `for = \"<duration>\"`", t.fault)));
             }
         }
         Ok(())

@@ -16,7 +16,7 @@ rigs = 2
 merge_strategy = "pr"
 code_review = true
 auto_merge_delay_minutes = 5
-staged_convoys = false
+require_review = false
 convoy_merge_mode = "review-then-land"
 auto_resolve = true
 [workload]
@@ -28,10 +28,10 @@ work_time = ["3m", "25m"]
 forget_pr = [0.0, 0.1]
 hang = [0.0, 0.02]
 [faults]
-graceful_evictions_per_hour = [0.5, 3]
-hard_evictions_per_hour = [0, 1]
-wal_loss = [0.0, 0.5]
-duplicate_ticks = [0.0, 0.2]
+graceful_eviction = [0.5, 3]
+hard_eviction = [0, 1]
+wal_busy_snapshot = [0.0, 0.5]
+duplicate_tick = [0.0, 0.2]
 forge_5xx = [0.0, 0.2]
 [[timeline]]
 at = "40m"
@@ -59,7 +59,7 @@ fn the_design_example_parses_with_ranges_and_durations() {
     assert_eq!(s.run.duration, Dur(3 * 3_600_000));
     assert_eq!(s.heal_at(), Dur(2 * 3_600_000));
     assert_eq!(s.agents.work_time, Range { lo: Dur(180_000), hi: Dur(1_500_000) });
-    assert_eq!(s.faults.graceful_evictions_per_hour.0, Range { lo: 0.5, hi: 3.0 });
+    assert_eq!(s.faults.rates["graceful_eviction"].0, Range { lo: 0.5, hi: 3.0 });
     assert_eq!(s.timeline[0].lasts, Some(Dur(180_000)));
     assert_eq!(s.workload.convoys[0].shape, ConvoyShape::Diamond);
 }
@@ -95,14 +95,21 @@ fn scenario_error_impossible_range() {
     let e = err(&with("hang = [0.0, 0.02]", "hang = [0.3, 0.02]"));
     assert!(e.starts_with("s.toml:"), "{e}");
     assert!(e.contains("impossible range [0.3, 0.02]: low is above high"), "{e}");
-    let e = err(&with("wal_loss = [0.0, 0.5]", "wal_loss = [0.0, 1.5]"));
-    assert!(e.contains("probability range [0, 1.5] must lie within [0, 1]"), "{e}");
+    let e = err(&with("forge_5xx = [0.0, 0.2]", "forge_5xx = [0.0, -1]"));
+    assert!(e.contains("impossible range [0, -1]"), "{e}");
+    let e = err(&with("forge_5xx = [0.0, 0.2]", "forge_5xy = [0.0, 0.2]"));
+    assert!(
+        e.contains("faults: unknown fault kind `forge_5xy`, expected one of graceful_eviction, hard_eviction"),
+        "{e}"
+    );
     let e = err(&with("forge_5xx = [0.0, 0.2]", "forge_5xx = [0.0, 0.1, 0.2]"));
     assert!(e.contains("a range has two values [low, high], got 3"), "{e}");
 }
 
 #[test]
 fn scenario_error_bad_enum_value_lists_choices() {
+    let e = err(&with("fault = \"partition\"", "fault = \"forge_5xx\""));
+    assert!(e.contains("`forge_5xx` cannot be scheduled; timeline faults: graceful_eviction"), "{e}");
     let e = err(&with("merge_strategy = \"pr\"", "merge_strategy = \"squash\""));
     assert!(e.contains("unknown variant `squash`, expected `direct` or `pr`"), "{e}");
     let e = err(&with("shape = \"diamond\"", "shape = \"star\""));
