@@ -75,13 +75,14 @@ fn latency_chart(s: &ScenarioSummary) -> String {
         let i = (64 - v.max(1).leading_zeros() as usize).min(buckets.len()) - 1;
         buckets[i] += c;
     }
+    let first = buckets.iter().position(|&c| c > 0).unwrap_or(0);
     let last = buckets.iter().rposition(|&c| c > 0).unwrap_or(0) + 1;
     let max = buckets.iter().copied().max().unwrap_or(1).max(1) as f64;
-    let bw = (W - 2.0 * PAD) / last as f64;
+    let bw = (W - 2.0 * PAD) / (last - first) as f64;
     let mut g = svg_open(H + 30.0);
-    for (i, &c) in buckets[..last].iter().enumerate() {
+    for (i, &c) in buckets.iter().enumerate().take(last).skip(first) {
         let bh = (H - PAD) * c as f64 / max;
-        let x = PAD + i as f64 * bw;
+        let x = PAD + (i - first) as f64 * bw;
         let _ = write!(g, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{}–{} µs: {c}</title></rect>", H - bh, bw - 2.0, COLORS[0], 1u64 << i, (1u64 << (i + 1)) - 1);
         let _ = write!(g, "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>", H + 14.0, 1u64 << i);
     }
