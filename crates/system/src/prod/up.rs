@@ -251,9 +251,10 @@ pub async fn run_up(opts: UpOptions) -> Result<(), ProdError> {
             let fcfg = ForgeConfig { web_host: FORGE_WEB_HOST.into(), token: Some(ftoken.clone()), seed: fseed };
             let forge = Forge::open(conn, clock_arc.clone(), fcfg)
                 .map_err(storage("cannot open the forge database", &forge_db))?;
-            forge
-                .create_repo(DEMO_OWNER, DEMO_RIG, &RepoSettings::default())
-                .map_err(|e| ProdError::Other(format!("forge: {}", e.message)))?;
+            match forge.create_repo(DEMO_OWNER, DEMO_RIG, &RepoSettings::default()) {
+                Err(e) if e.status != 422 => return Err(ProdError::Other(format!("forge: {}", e.message))),
+                _ => {} // created, or there from an earlier start
+            }
             let forge_listener = bind("127.0.0.1:0", "forge").await?;
             let forge_url = format!("http://{}", local(&forge_listener)?);
             let router = forge.router();
