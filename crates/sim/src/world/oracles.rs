@@ -242,3 +242,124 @@ pub fn agents_summary(town: &TownHost) -> Vec<String> {
     })
     .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each world-side oracle fires on a hand-built violating state (an
+    //! oracle that cannot fail is a defect) and stays quiet on a clean one.
+    use super::*;
+    use gastown::container::fake_town::FakeTown;
+    use gastown::container::{ContainerConfig, ScriptConfig, ScriptedRuntime};
+    use gastown::forge::{ForgeConfig, RepoSettings};
+    use gastown::net::{HttpClient, TokioConnector};
+    use gastown::runtime::TownHostConfig;
+    use gastown::time::ManualClock;
+    use gastown::town::{Town, TownOptions};
+    use gastown::wire::{RegistryEntry, StartAgentRequest};
+    use std::sync::Arc;
+
+    const T0: Timestamp = Timestamp(1_780_000_000_000);
+
+    fn host() -> Arc<TownHost> {
+        let clock = Arc::new(ManualClock::new(T0));
+        let conn = gastown::store::open_in_memory().unwrap();
+        let town = Town::open(conn, clock.clone(), TownOptions { town_id: "t".into(), seed: 1 }).unwrap();
+        let http = HttpClient::new(Arc::new(TokioConnector), std::time::Duration::from_secs(1));
+        let cfg =
+            TownHostConfig { api_url: "http://t".into(), container_url: "http://c".into(), secret: b"s".to_vec() };
+        TownHost::new(town, clock, http, cfg)
+    }
+
+    fn forge() -> Arc<Forge> {
+        let f = Forge::in_memory(Arc::new(ManualClock::new(T0)), ForgeConfig::default());
+        f.create_repo(OWNER, "app", &RepoSettings::default()).unwrap();
+        f.push(OWNER, "app", "b1", false).unwrap();
+        f.push(OWNER, "app", "b2", false).unwrap();
+        f
+    }
+
+    fn record(f: &Forge, branch: &str, bead: &str) -> PrRecord {
+        let p = f.create_pull(OWNER, "app", "t", branch, "main").unwrap();
+        PrRecord {
+            bead_id: bead.into(),
+            agent_id: "a".into(),
+            repo: "app".into(),
+            number: p.number,
+            url: f.pr_url(OWNER, "app", p.number),
+            opened_ms: 0,
+        }
+    }
+
+    /// A live MR row carrying `url`, written straight into the town.
+    fn live_mr(h: &TownHost, id: &str, url: &str) {
+        h.with_town_quietly(|t| {
+            t.conn().execute(
+                "INSERT INTO beads (bead_id, type, status, title, created_at, updated_at) \
+                 VALUES (?1, 'merge_request', 'in_progress', 'mr', 0, 0)",
+                [id],
+            )?;
+            t.conn()
+                .execute("INSERT INTO review_metadata (bead_id, branch, pr_url) VALUES (?1, 'b', ?2)", [id, url])?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    fn names(v: &[Violation]) -> Vec<&str> {
+        v.iter().map(|v| v.invariant).collect()
+    }
+
+    #[test]
+    fn one_open_pr_per_source_fires_on_two_live_prs_of_one_bead() {
+        let (h, f) = (host(), forge());
+        let prs = vec![record(&f, "b1", "src"), record(&f, "b2", "src")];
+        live_mr(&h, "mr1", &prs[0].url);
+        assert!(forge_side(&h, &f, &prs, &BTreeSet::new()).is_empty(), "one live PR is fine");
+        live_mr(&h, "mr2", &prs[1].url);
+        assert_eq!(names(&forge_side(&h, &f, &prs, &BTreeSet::new())), ["one_open_pr_per_source"]);
+    }
+
+    #[test]
+    fn no_foreign_merge_fires_on_a_merge_no_mr_carries() {
+        let (h, f) = (host(), forge());
+        let prs = vec![record(&f, "b1", "src")];
+        f.merge_from_outside(OWNER, "app", prs[0].number).unwrap();
+        assert_eq!(names(&forge_side(&h, &f, &prs, &BTreeSet::new())), ["no_foreign_merge"]);
+        let external: BTreeSet<String> = [prs[0].url.clone()].into();
+        assert!(forge_side(&h, &f, &prs, &external).is_empty(), "the world's own outside merges are exempt");
+    }
+
+    #[test]
+    fn liveness_reports_what_is_stuck_and_is_quiet_when_settled() {
+        let h = host();
+        assert!(unsettled(&h, T0).is_none(), "an empty town is settled");
+        live_mr(&h, "mr1", "https://github.com/acme/app/pull/1");
+        let stuck = unsettled(&h, T0.plus_ms(60_000)).unwrap();
+        assert!(stuck[0].contains("mr1") && stuck[0].contains("review Rule 1"), "{stuck:?}");
+    }
+
+    #[tokio::test]
+    async fn registry_cleared_after_drain_fires_on_a_leftover_entry() {
+        let h = host();
+        let dir = tempfile::tempdir().unwrap();
+        let c = Container::new(
+            ContainerConfig::new(dir.path().join("disk"), "c1"),
+            Arc::new(ManualClock::new(T0)),
+            FakeTown::new(),
+            Arc::new(ScriptedRuntime::new(ScriptConfig::default())),
+        );
+        assert!(after_drain(&h, &c, &dir.path().join("scratch"), &BTreeSet::new()).is_empty());
+        let request: StartAgentRequest = serde_json::from_value(serde_json::json!({
+            "agent_id": "p1", "bead_id": "b", "rig_id": "r", "role": "polecat", "name": "n", "identity": "i",
+            "prompt": "p", "branch": null, "target_branch": null, "start_point": null, "pr_url": null,
+            "town_id": "t", "api_url": "http://t", "agent_token": "x", "container_token": "y"
+        }))
+        .unwrap();
+        h.with_town_quietly(|t| {
+            t.set_container_registry(&[RegistryEntry { agent_id: "p1".into(), request, workdir: "/w".into() }])
+        })
+        .unwrap();
+        let v = after_drain(&h, &c, &dir.path().join("scratch"), &BTreeSet::new());
+        assert_eq!(names(&v), ["registry_cleared_after_drain"]);
+    }
+}
