@@ -33,11 +33,22 @@ struct Server {
     dir: PathBuf,
     port: u16,
     starts: u32,
+    extra: Vec<String>,
 }
 
 impl Server {
     fn start(dir: &Path, port: u16) -> Server {
-        let mut s = Server { child: None, dir: dir.to_owned(), port, starts: 0 };
+        Self::start_with(dir, port, &[])
+    }
+
+    fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let mut s = Server {
+            child: None,
+            dir: dir.to_owned(),
+            port,
+            starts: 0,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
         s.spawn();
         s
     }
@@ -53,6 +64,7 @@ impl Server {
             .args(["up", "--port", &self.port.to_string(), "--time-scale", SCALE])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -306,4 +318,60 @@ fn bad_input_is_a_clear_error_and_a_nonzero_exit() {
     let out = Command::new(BIN).args(["gt", "done", "--branch", "b"]).env_remove("GASTOWN_API_URL").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GASTOWN_API_URL is not set"));
+}
+
+/// `--agent-command`: an external agent runs in a git worktree of a local
+/// repository and reports with `gastown gt done`; evictions (drained and hard)
+/// replace the container and work still flows.
+#[test]
+fn an_external_agent_command_works_in_a_worktree_and_survives_evictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let git = |args: &[&str]| Command::new("git").args(args).current_dir(&repo).output().map(|o| o.status.success());
+    std::fs::create_dir_all(&repo).unwrap();
+    let have_git = git(&["init", "-q", "-b", "main"]).unwrap_or(false)
+        && git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"])
+            .unwrap_or(false);
+    let agent = tmp.path().join("agent.sh");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\n\
+         echo \"$GASTOWN_AGENT_ROLE in $(pwd)\"\n\
+         [ \"$GASTOWN_AGENT_ROLE\" = mayor ] && exit 0\n\
+         git rev-parse --abbrev-ref HEAD > seen-branch 2>/dev/null || echo none > seen-branch\n\
+         \"$GASTOWN_BIN\" gt done --branch \"$GASTOWN_BRANCH\" --summary \"done by an external agent\"\n",
+    )
+    .unwrap();
+    let cmd = format!("sh {}", agent.display());
+    let server = Server::start_with(tmp.path(), free_port(), &["--agent-command", &cmd]);
+    let rig = if have_git { repo.display().to_string() } else { "https://forge.localhost/gastown/demo.git".into() };
+    let (ok, _, err) = server.cli(&["rig", "add", "local", &rig]);
+    assert!(ok, "{err}");
+
+    let done = |s: &Server, ids: &[String]| {
+        let st = s.status_of("issue");
+        ids.iter().all(|b| st.get(b).is_some_and(|x| x == "closed"))
+    };
+    let mut ids = Vec::new();
+    for round in ["before", "after a drained eviction", "after a hard eviction"] {
+        let v = server.json(&["sling", "--rig", "local", &format!("external: {round}"), "--json"]);
+        ids.push(v["bead_id"].as_str().unwrap().to_owned());
+        server.wait_until(&format!("external bead closed {round}"), 60, |s| done(s, &ids));
+        match round {
+            "before" => assert!(server.cli(&["evict"]).0),
+            "after a drained eviction" => assert!(server.cli(&["evict", "--hard"]).0),
+            _ => {}
+        }
+    }
+    let agents = server.json(&["agents", "--json"]);
+    let polecat = agents.as_array().unwrap().iter().find(|a| a["role"] == "polecat").unwrap()["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen = std::fs::read_to_string(tmp.path().join(format!("data/container/work/{polecat}/seen-branch"))).unwrap();
+    if have_git {
+        assert!(seen.trim().starts_with("gt/"), "the agent ran in a worktree on its branch: {seen}");
+    }
+    let (ok, _, err) = server.cli(&["mayor", "hello from the test"]);
+    assert!(ok, "{err}");
 }
