@@ -111,6 +111,13 @@ impl World {
     fn drain_host_records(&mut self) {
         let records = std::mem::take(&mut *lock(&self.sh.records));
         for (at, kind, body) in records {
+            // Recovery paths visible on the wire.
+            if kind == "rpc" && body.contains("/db-snapshot -> 409") {
+                self.mark("snapshot_refused");
+            }
+            if kind == "forge" && body.contains("/merge -> 405") {
+                self.mark("merge_fallback");
+            }
             self.trace.record(at, kind, &body);
         }
         let faults = std::mem::take(&mut *lock(&self.sh.faults));
@@ -140,19 +147,33 @@ impl World {
             for (k, n) in &report.actions_by_type {
                 *self.marks.entry(format!("action.{k}")).or_default() += u64::from(*n);
             }
-            let created: Vec<i64> = town
+            for a in &report.actions {
+                if let gastown::town::actions::Action::TransitionBead { to: gastown::model::BeadStatus::Open, .. } = a {
+                    self.mark("rule3_reset");
+                }
+            }
+            let applied: Vec<(i64, String)> = town
                 .with_town_quietly(|t| {
-                    let mut st = t.conn().prepare_cached("SELECT created_at FROM town_events WHERE event_id = ?1")?;
+                    let mut st = t
+                        .conn()
+                        .prepare_cached("SELECT created_at, event_type FROM town_events WHERE event_id = ?1")?;
                     let mut out = Vec::new();
                     for id in &report.events.applied {
-                        if let Ok(c) = st.query_row([id], |r| r.get::<_, i64>(0)) {
+                        if let Ok(c) = st.query_row([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))) {
                             out.push(c);
                         }
                     }
                     Ok(out)
                 })
                 .unwrap_or_default();
-            for c in created {
+            for (_, ty) in &applied {
+                match ty.as_str() {
+                    "pr_feedback_detected" => self.mark("feedback_bead"),
+                    "pr_conflict_detected" => self.mark("conflict_bead"),
+                    _ => {}
+                }
+            }
+            for c in applied.into_iter().map(|(c, _)| c) {
                 let lat = report.at.0.saturating_sub(c).max(0) as u64;
                 measure::record(&mut self.latency_hist, lat.max(1));
                 if lat > 10_000 {
