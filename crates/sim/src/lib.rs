@@ -12,4 +12,3 @@ pub mod scenario;
 pub mod shrink;
 pub mod trace;
 pub mod world;
-
