@@ -131,10 +131,16 @@ pub fn run_world_seed(cfg: &WorldConfig, seed: u64, keep_trace: bool, name: &str
         failures: r
             .failures
             .iter()
-            .map(|f| SeedFailure {
-                invariant: f.invariant.clone(),
-                detail: f.detail.clone(),
-                sim_time_ms: f.sim_time_ms,
+            .map(|f| {
+                // A liveness failure carries the agents' state: the diagnosis needs both sides.
+                let agents: Vec<&str> =
+                    r.stuck.iter().filter(|l| l.starts_with("agent ")).map(String::as_str).collect();
+                let detail = if f.invariant == "liveness" && !agents.is_empty() {
+                    format!("{} | {}", f.detail, agents.join("; "))
+                } else {
+                    f.detail.clone()
+                };
+                SeedFailure { invariant: f.invariant.clone(), detail, sim_time_ms: f.sim_time_ms }
             })
             .collect(),
         sim_ms: i64::try_from(r.sim_ms).unwrap_or(i64::MAX),
