@@ -8,7 +8,7 @@ use super::hosts::{PrRecord, OWNER};
 use gastown::container::session::{self, SessionDb};
 use gastown::container::Container;
 use gastown::forge::Forge;
-use gastown::model::{BeadStatus, BeadType};
+use gastown::model::{labels, BeadStatus, BeadType};
 use gastown::runtime::TownHost;
 use gastown::time::Timestamp;
 use gastown::town::invariants::Violation;
@@ -170,8 +170,12 @@ pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, exempt: &BTre
 pub fn unsettled(town: &TownHost, now: Timestamp) -> Option<Vec<String>> {
     let mut stuck = Vec::new();
     let _ = town.with_town_quietly(|t| {
+        // Triage requests wait for a human or a triage agent (which the
+        // world does not run): like an approval the scenario asked for,
+        // they are not work the town must finish by itself.
+        let waits_for_a_human = |b: &gastown::town::Bead| b.labels.iter().any(|l| l == labels::TRIAGE_REQUEST);
         for ty in [BeadType::Issue, BeadType::MergeRequest, BeadType::Convoy] {
-            for b in t.beads_of(ty, None)?.into_iter().filter(|b| b.status.is_live()) {
+            for b in t.beads_of(ty, None)?.into_iter().filter(|b| b.status.is_live() && !waits_for_a_human(b)) {
                 let why = match (ty, b.status) {
                     (BeadType::Issue, BeadStatus::Open) if b.assignee_agent_bead_id.is_none() => {
                         "open and unassigned: Rule 1 should dispatch it (blocked? staged convoy? breaker open?)"
@@ -213,8 +217,17 @@ pub fn unsettled(town: &TownHost, now: Timestamp) -> Option<Vec<String>> {
                 stuck.push(format!("agent {} working without a hook: A1 should idle it", a.agent_id));
             }
         }
+        // Open triage requests count as active work (upstream dispatches a
+        // triage agent for them; the world has none), so the alarm may stay
+        // on the active cadence while one waits for a human.
+        let triage_waiting = !t
+            .beads_of(BeadType::Issue, Some(BeadStatus::Open))?
+            .iter()
+            .filter(|b| waits_for_a_human(b))
+            .collect::<Vec<_>>()
+            .is_empty();
         if let Some(r) = t.last_report() {
-            if r.active_work {
+            if r.active_work && !triage_waiting {
                 stuck.push("alarm still on the active cadence".into());
             }
         }
