@@ -64,14 +64,25 @@ fn validate(req: &StartAgentRequest) -> Result<(), StartError> {
 impl Container {
     /// `POST /agents/start`: start (or restart) an agent's session. Answers
     /// once the session is running and its initial prompt is queued.
+    ///
+    /// The start runs in a task of its own: a caller that gives up (the town's
+    /// 60 s request timeout drops the HTTP handler) must not cancel it half
+    /// way, which left the record `starting` for good, heart-beating with no
+    /// session behind it. Upstream's handler ran on after the town stopped
+    /// waiting, and the town counts on that ("started: false, but the agent
+    /// may be running").
     pub async fn start(&self, req: StartAgentRequest) -> Result<AgentProcessStatus, StartError> {
         if self.is_draining() {
             return Err(StartError::Draining);
         }
         validate(&req)?;
         self.learn_town(&req);
-        self.wait_hydrated().await;
-        self.start_inner(req).await
+        let c = self.clone();
+        let task = tokio::spawn(async move {
+            c.wait_hydrated().await;
+            c.start_inner(req).await
+        });
+        task.await.unwrap_or_else(|e| Err(StartError::Failed(format!("start task ended: {e}"))))
     }
 
     pub(super) async fn start_inner(&self, req: StartAgentRequest) -> Result<AgentProcessStatus, StartError> {
@@ -397,6 +408,7 @@ mod tests {
     use super::super::tests::*;
     use super::*;
     use crate::container::ScriptConfig;
+    use std::time::Duration;
 
     fn completed_calls(t: &super::super::fake_town::FakeTown) -> Vec<CompletedBody> {
         t.calls()
@@ -484,6 +496,23 @@ mod tests {
         let second = r.c.start(request("p1", AgentRole::Polecat)).await;
         assert_eq!(first.await.unwrap(), Err(StartError::Aborted));
         assert_eq!(second.unwrap().status, ProcessStatus::Running);
+    }
+
+    /// The town gives up on `/agents/start` after 60 s and drops the request;
+    /// a slower start must still come up (spec: "started:false but the agent
+    /// may be running"). A start cancelled with its caller left a record
+    /// `starting` forever that heart-beat on, so the town saw a working agent
+    /// with no session until GUPP stopped it two hours later.
+    #[tokio::test(start_paused = true)]
+    async fn lifecycle_a_start_outlives_a_caller_that_gave_up() {
+        let r = rig(ScriptConfig { start_ms: (90_000, 90_000), ..quick_script() });
+        let gave_up = tokio::time::timeout(Duration::from_secs(60), r.c.start(request("p1", AgentRole::Polecat))).await;
+        assert!(gave_up.is_err(), "the caller timed out");
+        assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Starting);
+        sleep_s(31).await;
+        assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Running, "the start went on without its caller");
+        sleep_s(31).await;
+        assert_eq!(r.town.count("done"), 1, "and the session did its work");
     }
 
     #[tokio::test(start_paused = true)]
