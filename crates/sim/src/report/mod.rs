@@ -11,21 +11,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// One oracle failure of one seed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SeedFailure {
-    pub invariant: String,
-    pub detail: String,
-    pub sim_time_ms: i64,
-}
-
-/// Bead counts at the end of a seed, and over simulated time for charts.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct BeadCounts {
-    pub created: u64,
-    pub closed: u64,
-    pub failed: u64,
-}
+/// One oracle failure of one seed, and the bead counts of a seed: the
+/// world's own types, so the report never drifts from what a run produces.
+pub use crate::world::{BeadCounts, Failure as SeedFailure};
 
 /// Everything the CLI and reports need from one seed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
