@@ -51,12 +51,12 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<Scenario>, ExitCode> {
 /// Wall-clock microseconds since `start`: the CLI measures how long seeds
 /// take; nothing simulated reads this clock.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
-fn wall_us_since(start: std::time::Instant) -> u64 {
+pub(crate) fn wall_us_since(start: std::time::Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
-fn wall_now() -> std::time::Instant {
+pub(crate) fn wall_now() -> std::time::Instant {
     std::time::Instant::now()
 }
 
@@ -70,7 +70,7 @@ fn run_one(sc: &Scenario, seed: u64, keep_trace: bool) -> Result<SeedOutcome, St
 /// Run `seeds` of `sc` on `jobs` worker threads; outcomes in seed order.
 /// Each seed is a whole single-threaded simulation, so threads never share
 /// simulated state; the CLI is the only place that uses them.
-fn run_seeds(
+pub(crate) fn run_seeds(
     sc: &Scenario,
     seeds: &[u64],
     jobs: usize,
@@ -102,7 +102,7 @@ fn run_seeds(
     Ok(out)
 }
 
-fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
+pub(crate) fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
     if quiet || !std::io::stdout().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }

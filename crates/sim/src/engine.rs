@@ -61,6 +61,7 @@ pub fn world_config(sc: &Scenario) -> WorldConfig {
         mayor_messages_per_hour: wl.mayor_messages.as_ref().map_or(0.0, |m| m.per_hour),
         reset_agent_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.reset_agent_per_hour),
         close_bead_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.close_bead_per_hour),
+        close_escalation_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.close_escalation_per_hour),
         acknowledge_escalation_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.acknowledge_escalation_per_hour),
     };
     let a = &sc.agents;

@@ -5,6 +5,7 @@
 //! benchmark report (`bench`).
 
 pub mod bench;
+pub mod defects;
 pub mod engine;
 pub mod net;
 pub mod report;

@@ -14,6 +14,7 @@ macro_rules! out {
 }
 
 mod cli;
+mod hunt;
 
 #[derive(Parser)]
 #[command(name = "gastown-sim", version, about = "Deterministic simulator for the Gastown control plane")]
@@ -107,6 +108,28 @@ enum Command {
         #[arg(long, default_value_t = 0.10)]
         max_regression: f64,
     },
+    /// Harness power: switch each catalogued historical defect on in turn and run
+    /// its scenario until a seed fails. Needs `--features defects`. Exit 1 if any defect escaped.
+    Defects {
+        /// Hunt only these defects (names from the catalogue, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Give up on a defect after this many seeds.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+        max_seeds: u64,
+        /// Seeds run in parallel.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: u64,
+        /// Where the scenario files are.
+        #[arg(long, default_value = "scenarios")]
+        scenarios_dir: PathBuf,
+        /// Print `{"defects": [...]}` instead of text.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// Print a Markdown table instead of text.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -134,6 +157,16 @@ fn main() -> ExitCode {
         Command::Check { scenarios } => cli::check(&scenarios),
         Command::Shrink { scenario, seed, out } => cli::shrink(&scenario, seed, out.as_deref()),
         Command::Merge { reports, json, report_dir } => cli::merge(&reports, json, report_dir.as_deref()),
+        Command::Defects { only, max_seeds, jobs, scenarios_dir, json, markdown } => {
+            hunt::defects(&hunt::HuntOptions {
+                only: &only,
+                max_seeds,
+                jobs: jobs as usize,
+                scenarios_dir: &scenarios_dir,
+                json,
+                markdown,
+            })
+        }
         Command::TickLatency { ticks, towns, storage, out_dir, baseline, max_regression } => {
             tick_latency(ticks, &towns, &storage, &out_dir, baseline.as_deref(), max_regression)
         }

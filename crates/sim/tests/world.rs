@@ -80,23 +80,6 @@ fn every_fault_kind_fires_and_is_counted() {
     assert!(missing.is_empty(), "never fired: {missing:?}; seen {seen:?}");
 }
 
-/// The deliberately broken build: snapshots skip the WAL checkpoint, so a
-/// drained session's snapshot misses its newest turns.
-#[test]
-fn snapshots_without_the_wal_checkpoint_are_caught() {
-    let mut cfg = WorldConfig::smoke();
-    cfg.faults = FaultRanges::default().with("graceful_eviction", 4.0, 4.0);
-    cfg.skip_wal_checkpoint = true;
-    let caught = (1..=3).any(|seed| {
-        let r = run_seed(&cfg, seed, &RunOptions::default());
-        r.failures.iter().any(|f| f.invariant == "session_history_survives_drain")
-    });
-    assert!(caught, "no seed caught the missing WAL checkpoint");
-    cfg.skip_wal_checkpoint = false;
-    let r = run(&cfg, 1);
-    assert!(r.failures.iter().all(|f| f.invariant != "session_history_survives_drain"), "{}", show(&r));
-}
-
 fn family(rates: &[(&str, f64)]) -> WorldConfig {
     let mut cfg = WorldConfig::smoke();
     cfg.duration_ms = 2 * 3_600_000;

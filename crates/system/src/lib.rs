@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod container;
+pub mod defects;
 pub mod error;
 pub mod forge;
 pub mod generate;

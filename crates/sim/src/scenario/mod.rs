@@ -149,6 +149,9 @@ pub struct UserActions {
     pub close_bead_per_hour: f64,
     #[serde(default)]
     pub acknowledge_escalation_per_hour: f64,
+    /// A user closes an open escalation without acknowledging it (as triage does).
+    #[serde(default)]
+    pub close_escalation_per_hour: f64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -26,8 +26,6 @@ pub struct WorldConfig {
     pub faults: FaultRanges,
     pub timeline: Vec<TimelineEntry>,
     pub expect: Expect,
-    /// **Defect switch** (tests): the container uploads snapshots without the WAL checkpoint.
-    pub skip_wal_checkpoint: bool,
 }
 
 impl Default for WorldConfig {
@@ -44,7 +42,6 @@ impl Default for WorldConfig {
             faults: FaultRanges::default(),
             timeline: Vec::new(),
             expect: Expect::default(),
-            skip_wal_checkpoint: false,
         }
     }
 }
@@ -179,6 +176,7 @@ pub struct Workload {
     pub reset_agent_per_hour: f64,
     pub close_bead_per_hour: f64,
     pub acknowledge_escalation_per_hour: f64,
+    pub close_escalation_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -191,6 +189,7 @@ impl Default for Workload {
             reset_agent_per_hour: 0.0,
             close_bead_per_hour: 0.0,
             acknowledge_escalation_per_hour: 0.0,
+            close_escalation_per_hour: 0.0,
         }
     }
 }

@@ -484,7 +484,6 @@ pub fn container_host(sim: &mut turmoil::Sim<'_>, sh: Arc<Shared>) {
                 (s.dir.clone(), s.instance)
             };
             let mut cfg = ContainerConfig::new(dir, format!("c{instance}"));
-            cfg.skip_wal_checkpoint = sh.cfg.skip_wal_checkpoint;
             cfg.boot = Some(BootEnv {
                 api_url: TOWN_URL.into(),
                 town_id: TOWN_ID.into(),

@@ -20,6 +20,7 @@ pub const INVARIANTS: &[&str] = &[
     // town state (gastown::town::invariants::Checker)
     "one_agent_per_hook",
     "working_agent_has_hook",
+    "idle_agent_releases_live_bead",
     "terminal_is_final",
     "one_direct_review_per_rig",
     "in_review_has_live_mr",
@@ -36,6 +37,10 @@ pub const INVARIANTS: &[&str] = &[
     "no_running_status_events",
     "dispatch_bounded",
     "polled_mr_not_orphaned",
+    "pr_polled_once_a_minute",
+    "no_merge_while_blocked",
+    "nudge_once_per_tier_per_hour",
+    "held_beads_wait",
     // the alarm, checked by the world between steps
     "alarm_never_postponed",
     // upstream's own per-tick checks (TickReport::invariant_violations)

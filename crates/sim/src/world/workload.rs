@@ -23,6 +23,7 @@ pub enum Op {
     ResetAgent,
     CloseBead,
     AcknowledgeEscalation,
+    CloseEscalation,
 }
 
 /// Exponential gap with the given mean.
@@ -75,6 +76,12 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
     }
     for at in arrivals(rng, w.acknowledge_escalation_per_hour, end, 10_000) {
         ops.push((at, Op::AcknowledgeEscalation));
+    }
+    // Drawn last and only when asked for, so older scenarios keep their streams.
+    if w.close_escalation_per_hour > 0.0 {
+        for at in arrivals(rng, w.close_escalation_per_hour, end, 10_000) {
+            ops.push((at, Op::CloseEscalation));
+        }
     }
     ops.sort_by_key(|(at, _)| *at);
     ops
@@ -148,6 +155,10 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
             },
             Op::AcknowledgeEscalation => match pick(&sh, "SELECT bead_id FROM escalation_metadata WHERE acknowledged = 0 ORDER BY bead_id LIMIT 1") {
                 Some(e) => (format!("{base}/escalations/{e}/acknowledge"), json!({}), "acknowledge_escalation"),
+                None => continue,
+            },
+            Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1") {
+                Some(e) => (format!("{base}/beads/{e}/close"), json!({}), "close_escalation"),
                 None => continue,
             },
         };

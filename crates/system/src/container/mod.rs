@@ -109,12 +109,6 @@ pub struct ContainerConfig {
     pub timings: Timings,
     /// When set, [`Container::boot`] hydrates from the town's registry.
     pub boot: Option<BootEnv>,
-    /// **Defect switch, for tests only.** Upload session snapshots without
-    /// the WAL checkpoint (upstream's older behaviour): a snapshot can then
-    /// miss the newest turns. The simulator's "deliberately broken build"
-    /// test turns this on and expects its oracles to notice. Never set in
-    /// production.
-    pub skip_wal_checkpoint: bool,
 }
 
 impl ContainerConfig {
@@ -124,7 +118,6 @@ impl ContainerConfig {
             instance_id: instance_id.into(),
             timings: Timings::default(),
             boot: None,
-            skip_wal_checkpoint: false,
         }
     }
 }

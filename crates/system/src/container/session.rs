@@ -8,6 +8,7 @@
 //! `.await`. Every connection has a zero busy timeout, so a lock held by
 //! another connection is reported at once instead of blocking the runtime.
 
+use crate::defects::{self, Defect};
 use crate::time::Timestamp;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -265,13 +266,11 @@ pub enum SnapshotRead {
 }
 
 /// Checkpoint the database and read its main file for upload.
-/// `skip_checkpoint` is the simulator's defect switch (see
-/// [`super::ContainerConfig::skip_wal_checkpoint`]).
-pub fn read_for_snapshot(path: &Path, skip_checkpoint: bool) -> Result<SnapshotRead, SessionError> {
+pub fn read_for_snapshot(path: &Path) -> Result<SnapshotRead, SessionError> {
     if !path.exists() {
         return Ok(SnapshotRead::NoDatabase);
     }
-    if !skip_checkpoint {
+    if !defects::on(Defect::SnapshotWithoutCheckpoint) {
         let r = checkpoint(path)?;
         if !r.complete() {
             return Ok(SnapshotRead::Incomplete(r));
@@ -315,7 +314,7 @@ mod tests {
         let db = SessionDb::open(&path).unwrap();
         let s = db.new_session(Timestamp(1)).unwrap();
         db.append(&s, TurnRole::User, "remember me", Timestamp(2)).unwrap();
-        let SnapshotRead::Bytes(bytes) = read_for_snapshot(&path, false).unwrap() else { panic!("no bytes") };
+        let SnapshotRead::Bytes(bytes) = read_for_snapshot(&path).unwrap() else { panic!("no bytes") };
         let other = db_path(dir.path(), "copy");
         install_snapshot(&other, &bytes).unwrap();
         let copy = SessionDb::open(&other).unwrap();
@@ -333,14 +332,12 @@ mod tests {
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader.query_row("SELECT count(*) FROM turns", [], |r| r.get(0)).unwrap();
         db.append(&s, TurnRole::User, "newest", Timestamp(2)).unwrap();
-        match read_for_snapshot(&path, false).unwrap() {
+        match read_for_snapshot(&path).unwrap() {
             SnapshotRead::Incomplete(r) => assert!(!r.complete()),
             other => panic!("expected a skipped snapshot, got {other:?}"),
         }
-        // The defect switch uploads the stale main file anyway.
-        assert!(matches!(read_for_snapshot(&path, true).unwrap(), SnapshotRead::Bytes(_)));
         reader.execute_batch("COMMIT").unwrap();
-        assert!(matches!(read_for_snapshot(&path, false).unwrap(), SnapshotRead::Bytes(_)));
+        assert!(matches!(read_for_snapshot(&path).unwrap(), SnapshotRead::Bytes(_)));
     }
 
     #[test]
@@ -354,6 +351,6 @@ mod tests {
         assert!(matches!(SessionDb::open(&foreign), Err(SessionError::NotASessionDb { .. })));
         remove_files(&path).unwrap();
         assert!(!path.exists());
-        assert_eq!(read_for_snapshot(&path, false).unwrap(), SnapshotRead::NoDatabase);
+        assert_eq!(read_for_snapshot(&path).unwrap(), SnapshotRead::NoDatabase);
     }
 }

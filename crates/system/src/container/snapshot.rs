@@ -40,7 +40,7 @@ impl Container {
     pub async fn snapshot(&self, req: &StartAgentRequest) -> SnapshotOutcome {
         let id = &req.agent.agent_id;
         let path = session::db_path(&self.inner.config.data_dir, id);
-        let read = session::read_for_snapshot(&path, self.inner.config.skip_wal_checkpoint);
+        let read = session::read_for_snapshot(&path);
         // The version is taken when the bytes are read, not when they land.
         let bytes = match read {
             Ok(SnapshotRead::NoDatabase) => return SnapshotOutcome::NoDatabase,
@@ -115,19 +115,6 @@ mod tests {
         settle().await;
         assert_eq!(r.town.count("put-snapshot"), 0, "neither this nor the message's snapshot uploaded");
         reader.execute_batch("COMMIT").unwrap();
-        assert!(matches!(r.c.snapshot(&req).await, SnapshotOutcome::Uploaded { .. }));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn snapshot_defect_switch_uploads_without_checkpoint() {
-        let r = rig_with(quick_script(), FakeTown::new(), |c| c.skip_wal_checkpoint = true);
-        let req = request("m1", AgentRole::Mayor);
-        r.c.start(req.clone()).await.unwrap();
-        sleep_s(5).await;
-        let path = db_path(&r.c.config().data_dir, "m1");
-        let reader = rusqlite::Connection::open(&path).unwrap();
-        reader.execute_batch("BEGIN").unwrap();
-        let _: i64 = reader.query_row("SELECT count(*) FROM turns", [], |row| row.get(0)).unwrap();
         assert!(matches!(r.c.snapshot(&req).await, SnapshotOutcome::Uploaded { .. }));
     }
 

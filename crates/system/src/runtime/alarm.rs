@@ -136,7 +136,8 @@ impl TownHost {
     }
 
     /// Ask the container about every agent the town thinks is working or
-    /// stalled; record what is not `running` as a `container_status` event.
+    /// stalled and hand each answer to the town, which keeps what is not
+    /// `running` as a `container_status` event (bug p: one place decides).
     pub(super) async fn observe_agents(&self) -> Result<()> {
         let watched: Vec<String> = self.with_town_quietly(|t| {
             Ok(t.agents()?
@@ -149,7 +150,7 @@ impl TownHost {
         self.with_town_quietly(|t| {
             for (agent, seen) in watched.iter().zip(seen) {
                 let (status, reason) = match seen {
-                    Observed::Running => continue,
+                    Observed::Running => ("running", None),
                     Observed::Other(s, reason) => (process_status_str(s), reason),
                     Observed::NotFound => ("not_found", None),
                     Observed::Unknown => ("unknown", None),

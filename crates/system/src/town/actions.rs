@@ -10,6 +10,7 @@ use super::review::{self, SubmitReview};
 use super::scheduling;
 use super::state;
 use super::triage::{self, TriageRequest};
+use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
 use crate::model::pr_url::{repo_of_git_url, PrUrl};
 use crate::model::{AgentRole, AgentStatus, BeadStatus, BeadType, NudgeMode, NudgePriority, NudgeTier, TriageType};
@@ -252,7 +253,9 @@ pub fn apply(cx: &mut Ctx<'_>, town_id: &str, action: &Action) -> Result<Option<
             Ok(Some(Effect::StopAgent { agent_id: agent_id.clone(), reason: reason.to_string() }))
         }
         Action::PollPr { bead_id, pr_url } => {
-            beads::touch(cx, bead_id)?;
+            if !defects::on(Defect::PollKeepsUpdatedAt) {
+                beads::touch(cx, bead_id)?;
+            }
             cx.conn
                 .prepare_cached("UPDATE review_metadata SET last_poll_at = ?2 WHERE bead_id = ?1")?
                 .execute(params![bead_id, cx.now.0])?;
@@ -320,7 +323,7 @@ fn apply_dispatch(
     let agent_id = match agent {
         Some(a) => {
             let current = agents::get(cx, a)?;
-            if current.current_hook_bead_id.as_deref() != Some(bead_id) {
+            if current.current_hook_bead_id.as_deref() != Some(bead_id) && !defects::on(Defect::DispatchUnhookedAgent) {
                 return Err(TownError::invalid("dispatch", format!("agent {a} is no longer hooked to {bead_id}")));
             }
             a.to_owned()

@@ -3,6 +3,7 @@
 
 use super::beads::{self, NewBead};
 use super::ctx::{short, Ctx};
+use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
 use crate::model::{labels, AgentRole, AgentStatus, BeadStatus, BeadType, Label};
 use crate::time::Timestamp;
@@ -189,8 +190,10 @@ pub fn hook(cx: &mut Ctx<'_>, agent_id: &str, bead_id: &str) -> Result<()> {
         }
         None => {}
     }
-    for other in hooked_to(cx, bead_id)? {
-        unhook(cx, &other.agent_id, "hooked by another agent")?;
+    if !defects::on(Defect::HookNotExclusive) {
+        for other in hooked_to(cx, bead_id)? {
+            unhook(cx, &other.agent_id, "hooked by another agent")?;
+        }
     }
     cx.conn
         .prepare_cached(
@@ -277,17 +280,20 @@ pub struct Watermark {
 /// by the old one right after dispatch (bug g), so it is ignored.
 pub fn touch(cx: &Ctx<'_>, agent_id: &str, wm: &Watermark) -> Result<()> {
     let tools = wm.active_tools.as_ref().map(serde_json::to_string).transpose()?;
+    // Only a hooked idle agent comes back to life; upstream revived any.
+    let revive =
+        if defects::on(Defect::HeartbeatRevivesUnhooked) { "" } else { "AND current_hook_bead_id IS NOT NULL" };
     let n = cx
         .conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "UPDATE agent_metadata SET last_activity_at = ?2, \
-             status = CASE WHEN status = 'idle' AND current_hook_bead_id IS NOT NULL THEN 'working' ELSE status END, \
+             status = CASE WHEN status = 'idle' {revive} THEN 'working' ELSE status END, \
              dispatch_attempts = 0, \
              last_event_type = CASE WHEN ?4 < COALESCE(last_dispatched_at, ?4) THEN last_event_type \
                ELSE COALESCE(?3, last_event_type) END, \
              last_event_at = CASE WHEN ?4 >= COALESCE(last_dispatched_at, ?4) THEN ?4 ELSE last_event_at END, \
-             active_tools = COALESCE(?5, active_tools) WHERE bead_id = ?1",
-        )?
+             active_tools = COALESCE(?5, active_tools) WHERE bead_id = ?1"
+        ))?
         .execute(params![agent_id, cx.now.0, wm.last_event_type, wm.last_event_at.map(|t| t.0), tools])?;
     if n == 0 {
         return Err(TownError::not_found("Agent", agent_id));
@@ -322,12 +328,16 @@ pub fn reset(cx: &mut Ctx<'_>, agent_id: &str) -> Result<()> {
         if let Some(status) = beads::status_of(cx, h)? {
             if status.is_live() {
                 beads::update_status(cx, h, BeadStatus::Open, "system", None)?;
-                cx.conn
-                    .prepare_cached(
-                        "UPDATE beads SET dispatch_attempts = 0, last_dispatch_attempt_at = NULL, \
+                if defects::on(Defect::ResetKeepsCounters) {
+                    beads::set_assignee(cx, h, None)?;
+                } else {
+                    cx.conn
+                        .prepare_cached(
+                            "UPDATE beads SET dispatch_attempts = 0, last_dispatch_attempt_at = NULL, \
                          assignee_agent_bead_id = NULL WHERE bead_id = ?1",
-                    )?
-                    .execute([h])?;
+                        )?
+                        .execute([h])?;
+                }
             }
         }
     }
@@ -355,6 +365,11 @@ pub fn delete(cx: &mut Ctx<'_>, agent_id: &str) -> Result<()> {
         .collect::<rusqlite::Result<_>>()?;
     for (bead, ty, status, pr_url) in assigned {
         let polled = ty == BeadType::MergeRequest && pr_url.is_some();
+        if defects::on(Defect::DeleteAgentReopensReviews) && status != BeadStatus::Open {
+            beads::update_status(cx, &bead, BeadStatus::Open, "system", None)?;
+            beads::set_assignee(cx, &bead, None)?;
+            continue;
+        }
         match status {
             BeadStatus::Open => beads::set_assignee(cx, &bead, None)?,
             BeadStatus::InProgress if !polled => {

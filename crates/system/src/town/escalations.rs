@@ -5,6 +5,7 @@ use super::beads::{self, CloseCause, NewBead};
 use super::ctx::Ctx;
 use super::effects::Effect;
 use super::triage::{self, TriageRequest};
+use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
 use crate::model::{labels, BeadStatus, BeadType, Severity, TriageType};
 use crate::time::{Timestamp, HOUR_MS};
@@ -142,12 +143,14 @@ pub fn acknowledge(cx: &mut Ctx<'_>, id: &str) -> Result<()> {
 /// Bump stale, unacknowledged, non-terminal escalations one severity step
 /// every 4 h (at most 3 times) and tell the mayor.
 pub fn re_escalate_stale(cx: &mut Ctx<'_>) -> Result<Vec<Effect>> {
-    let mut st = cx.conn.prepare_cached(
+    let live_only =
+        if defects::on(Defect::ReEscalateTerminal) { "" } else { "AND b.status NOT IN ('closed', 'failed')" };
+    let mut st = cx.conn.prepare_cached(&format!(
         "SELECT b.bead_id, b.rig_id, b.body, b.created_at, e.severity, e.re_escalation_count \
          FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id \
-         WHERE e.acknowledged = 0 AND e.re_escalation_count < 3 AND b.status NOT IN ('closed', 'failed') \
-         ORDER BY b.created_at, b.bead_id",
-    )?;
+         WHERE e.acknowledged = 0 AND e.re_escalation_count < 3 {live_only} \
+         ORDER BY b.created_at, b.bead_id"
+    ))?;
     type Row = (String, Option<String>, Option<String>, i64, Severity, u32);
     let rows: Vec<Row> = st
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?

@@ -6,6 +6,7 @@
 use super::agents;
 use super::ctx::Ctx;
 use super::review::{self, DoneReport, ExitStatus};
+use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
 use crate::model::{AgentRole, AgentStatus, BeadStatus, EventType, TownConfig};
 use crate::store;
@@ -51,7 +52,7 @@ pub fn record(
 /// state and is never recorded; a repeat of the pending status only bumps its
 /// time (bug p: the event flood).
 pub fn upsert_container_status(cx: &mut Ctx<'_>, agent: &str, status: &str, exit_reason: Option<&str>) -> Result<()> {
-    if status == "running" {
+    if status == "running" && !defects::on(Defect::RunningStatusRecorded) {
         return Ok(());
     }
     // Match the pending event of this status, not only the latest one: with
@@ -66,7 +67,7 @@ pub fn upsert_container_status(cx: &mut Ctx<'_>, agent: &str, status: &str, exit
              AND processed_at IS NULL AND json_extract(payload, '$.status') = ?2",
         )?
         .query_row(params![agent, status], |r| r.get(0))?;
-    if let Some(seq) = pending {
+    if let Some(seq) = pending.filter(|_| !defects::on(Defect::ContainerStatusNotUpserted)) {
         cx.conn
             .prepare_cached("UPDATE town_events SET created_at = ?2 WHERE seq = ?1")?
             .execute(params![seq, cx.now.0])?;
@@ -137,7 +138,9 @@ pub fn drain(cx: &mut Ctx<'_>, cfg: &TownConfig) -> Result<DrainReport> {
                 processed.push(ev.seq);
                 report.applied.push(ev.event_id);
             }
-            Err(e @ (TownError::NotFound { .. } | TownError::Invalid { .. })) => {
+            Err(e @ (TownError::NotFound { .. } | TownError::Invalid { .. }))
+                if !defects::on(Defect::InapplicableEventsRetried) =>
+            {
                 processed.push(ev.seq);
                 report.inapplicable.push((ev.event_id, e.to_string()));
             }

@@ -4,14 +4,14 @@
 
 use super::actions::Action;
 use super::reconciler::constants::{
-    DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS,
-    ORPHANED_SOURCE_TIMEOUT_MS,
+    DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS, MAX_LANDING_MR_ATTEMPTS,
+    ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
 };
 use super::snapshot::TownSnapshot;
 use super::state;
 use super::tick::TickReport;
 use crate::error::Result;
-use crate::model::{AgentStatus, BeadStatus, RigSettings, TownConfig};
+use crate::model::{AgentStatus, BeadStatus, Label, RigSettings, TownConfig};
 use crate::time::Timestamp;
 use rusqlite::Connection;
 use serde::Serialize;
@@ -59,6 +59,8 @@ pub struct Checker {
     last_check: Option<Timestamp>,
     applied_events: BTreeSet<String>,
     terminal_escalations: BTreeMap<String, (String, u32)>,
+    /// (agent, bead) pairs seen idle-hooked with a stale heartbeat, and since when.
+    idle_hooks: BTreeMap<(String, String), Timestamp>,
 }
 
 impl Checker {
@@ -82,6 +84,7 @@ impl Checker {
         let mut out = Vec::new();
         let since = self.last_check.unwrap_or(Timestamp(i64::MIN));
         self.check_hooks(conn, &mut out)?;
+        self.check_idle_hooks(conn, now, &mut out)?;
         self.check_reviews(conn, config, now, &mut out)?;
         self.check_convoys(conn, &mut out)?;
         self.check_transitions(conn, since, &mut out)?;
@@ -98,6 +101,33 @@ impl Checker {
         }
         for id in rows(conn, "SELECT bead_id FROM agent_metadata WHERE status = 'working' AND current_hook_bead_id IS NULL AND role != 'mayor'", [])? {
             out.push(v("working_agent_has_hook", format!("agent {id} is working with no hook")));
+        }
+        Ok(())
+    }
+
+    /// Bug (f): an idle agent whose heartbeat is stale lets go of its live
+    /// bead on the next tick (A4/A5). The agent may only just have gone idle
+    /// (A1 idles it on the tick its heartbeat goes stale), so the state must
+    /// persist longer than a tick at either cadence to count.
+    fn check_idle_hooks(&mut self, conn: &Connection, now: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
+        let window = state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
+        let mut st = conn.prepare_cached(
+            "SELECT a.bead_id, a.current_hook_bead_id FROM agent_metadata a JOIN beads b ON b.bead_id = a.current_hook_bead_id \
+             WHERE a.status = 'idle' AND a.role != 'mayor' AND b.status IN ('open', 'in_progress') \
+             AND COALESCE(a.last_activity_at, 0) < ?1",
+        )?;
+        let held: BTreeSet<(String, String)> = st
+            .query_map([now.minus_ms(HEARTBEAT_STALE_MS).0], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        self.idle_hooks.retain(|k, _| held.contains(k));
+        for k in held {
+            let since = *self.idle_hooks.entry(k.clone()).or_insert(now);
+            if now.since(since) > window {
+                out.push(v(
+                    "idle_agent_releases_live_bead",
+                    format!("idle agent {} with a stale heartbeat still holds live bead {}", k.0, k.1),
+                ));
+            }
         }
         Ok(())
     }
@@ -305,6 +335,14 @@ fn rig_settings(conn: &Connection, config: &TownConfig) -> Result<BTreeMap<Strin
 pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
     let mut out = Vec::new();
     for a in actions {
+        if let Action::SendNudge { agent_id, tier, .. } = a {
+            if s.recent_nudges.contains(&(agent_id.clone(), *tier)) {
+                out.push(v(
+                    "nudge_once_per_tier_per_hour",
+                    format!("{tier:?} nudge for {agent_id} again within the hour"),
+                ));
+            }
+        }
         match a {
             Action::SendNudge { agent_id, .. }
             | Action::CreateTriageRequest { agent_id, .. }
@@ -334,6 +372,23 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                         format!("MR {bead_id} failed as orphaned although polled recently"),
                     ));
                 }
+            }
+            Action::PollPr { bead_id, .. } => {
+                let last = s.reviews.get(bead_id).and_then(|r| r.last_poll_at);
+                if last.is_some_and(|t| s.now.since(t) < PR_POLL_INTERVAL_MS) {
+                    out.push(v(
+                        "pr_polled_once_a_minute",
+                        format!("MR {bead_id} polled again within a minute (#1632)"),
+                    ));
+                }
+            }
+            Action::MergePr { bead_id, .. } if s.bead(bead_id).is_some_and(|b| b.blocked) => {
+                out.push(v("no_merge_while_blocked", format!("merge of MR {bead_id} while fix-up work blocks it")));
+            }
+            Action::DispatchAgent { bead_id, .. }
+                if s.bead(bead_id).is_some_and(|b| b.labels.has(Label::Held) || b.in_staged_convoy) =>
+            {
+                out.push(v("held_beads_wait", format!("dispatch of held or staged bead {bead_id}")));
             }
             Action::DispatchAgent { bead_id, .. } => {
                 let Some(b) = s.bead(bead_id) else { continue };

@@ -10,6 +10,7 @@ use super::beads::{self, DepKind, Failure};
 use super::ctx::Ctx;
 use super::events;
 use super::state;
+use crate::defects::{self, Defect};
 use crate::error::Result;
 use crate::model::pr_url::PrUrl;
 use crate::model::{BeadType, EventType, RigSettings};
@@ -228,9 +229,10 @@ fn polled(
     let Some(f) = feedback else { return Ok(()) };
     record_approval(cx, mr, row, f)?;
     if settings.auto_resolve_pr_feedback && f.needs_work() {
+        let still_open = matches!(recheck, Some(Ok(PrState::Open))) || defects::on(Defect::FeedbackWithoutRecheck);
         match recheck {
             // Bug j: report work only for a PR that is still open right now.
-            Some(Ok(PrState::Open)) => {
+            _ if still_open => {
                 if beads::live_blocker_with_label(cx, mr, crate::model::labels::PR_FEEDBACK)?.is_none() {
                     let pr = PrUrl::parse(pr_url).ok();
                     events::record(

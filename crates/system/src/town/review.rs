@@ -9,6 +9,7 @@ use super::escalations;
 use super::events;
 use super::state;
 use super::triage::{self, TriageRequest};
+use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
 use crate::model::pr_url::PrUrl;
 use crate::model::{
@@ -124,7 +125,7 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
     };
     let bead = beads::get(cx, &hook)?;
     let labels = bead.label_set();
-    if agents::is_patrol_triage(&bead) || labels.is_fixup_work() {
+    if (agents::is_patrol_triage(&bead) || labels.is_fixup_work()) && !defects::on(Defect::FixBeadsReviewed) {
         // Fix-up work pushes to an existing branch/PR: close it, never open a new review (bug i).
         beads::update_status_because(cx, &hook, BeadStatus::Closed, agent_id, None, CloseCause::FixupDone)?;
         return agents::unhook(cx, agent_id, "gt_done");
@@ -259,8 +260,13 @@ pub fn agent_completed(
                     let f = Failure::new("agent_failed", reason.unwrap_or("agent process failed"), "container");
                     beads::update_status(cx, &hook, BeadStatus::Failed, agent_id, Some(&f))?;
                 }
+                (ExitStatus::Completed, Some(BeadStatus::InProgress)) if defects::on(Defect::ExitClosesBead) => {
+                    beads::update_status(cx, &hook, BeadStatus::Closed, agent_id, None)?;
+                }
                 (ExitStatus::Completed, Some(BeadStatus::InProgress))
-                    if reason == Some(EVICTION_REASON) && stale(cx.now, agent.last_activity_at, HEARTBEAT_STALE_MS) =>
+                    if reason == Some(EVICTION_REASON)
+                        && (stale(cx.now, agent.last_activity_at, HEARTBEAT_STALE_MS)
+                            || defects::on(Defect::EvictionResetDespiteHeartbeat)) =>
                 {
                     beads::update_status(cx, &hook, BeadStatus::Open, "system", None)?;
                     beads::set_assignee(cx, &hook, None)?;
@@ -343,7 +349,12 @@ pub fn complete(
         ReviewResult::Merged => {
             if source != mr && beads::status_of(cx, &source)?.is_some() {
                 beads::update_status_because(cx, &source, BeadStatus::Closed, "system", None, CloseCause::Merged)?;
-                for sibling in beads::dependents_of(cx, &source, DepKind::Tracks)? {
+                let siblings = if defects::on(Defect::SiblingMrsStayOpen) {
+                    Vec::new()
+                } else {
+                    beads::dependents_of(cx, &source, DepKind::Tracks)?
+                };
+                for sibling in siblings {
                     let Some(s) = beads::find(cx, &sibling)? else { continue };
                     if s.bead_type == BeadType::MergeRequest && s.status.is_live() && sibling != mr {
                         beads::update_status_because(

@@ -7,6 +7,7 @@ use super::convoys;
 use super::ctx::{short, Ctx};
 use super::effects::{Effect, StartAgent};
 use super::state;
+use crate::defects::{self, Defect};
 use crate::error::Result;
 use crate::model::{AgentRole, BeadStatus, BeadType, MergeMode};
 use rusqlite::{params, OptionalExtension};
@@ -20,13 +21,15 @@ pub fn begin_dispatch(cx: &mut Ctx<'_>, agent_id: &str, bead_id: &str) -> Result
     if bead.status == BeadStatus::Open || bead.status == BeadStatus::InReview {
         beads::update_status(cx, bead_id, BeadStatus::InProgress, agent_id, None)?;
     }
-    cx.conn
-        .prepare_cached(
-            "UPDATE agent_metadata SET status = 'working', stalled_at = NULL, dispatch_attempts = dispatch_attempts + 1, \
-             last_activity_at = ?2, last_dispatched_at = ?2, last_event_at = NULL, last_event_type = NULL, \
-             active_tools = '[]' WHERE bead_id = ?1",
-        )?
-        .execute(params![agent_id, cx.now.0])?;
+    let sql = if defects::on(Defect::DispatchKeepsEventWatermark) {
+        "UPDATE agent_metadata SET status = 'working', stalled_at = NULL, dispatch_attempts = dispatch_attempts + 1, \
+         last_activity_at = ?2, last_dispatched_at = ?2, active_tools = '[]' WHERE bead_id = ?1"
+    } else {
+        "UPDATE agent_metadata SET status = 'working', stalled_at = NULL, dispatch_attempts = dispatch_attempts + 1, \
+         last_activity_at = ?2, last_dispatched_at = ?2, last_event_at = NULL, last_event_type = NULL, \
+         active_tools = '[]' WHERE bead_id = ?1"
+    };
+    cx.conn.prepare_cached(sql)?.execute(params![agent_id, cx.now.0])?;
     cx.conn
         .prepare_cached(
             "UPDATE beads SET dispatch_attempts = dispatch_attempts + 1, last_dispatch_attempt_at = ?2 WHERE bead_id = ?1",

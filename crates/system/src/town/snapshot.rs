@@ -5,6 +5,7 @@
 
 use super::reconciler::constants::{BREAKER_WINDOW_MS, DEFAULT_MAX_DISPATCH_ATTEMPTS, NUDGE_DEDUP_WINDOW_MS};
 use super::state;
+use crate::defects::{self, Defect};
 use crate::error::Result;
 use crate::model::{
     AgentRole, AgentStatus, BeadStatus, BeadType, LabelSet, MergeMode, NudgeTier, RigSettings, TownConfig,
@@ -349,11 +350,13 @@ impl TownSnapshot {
             let tier = if source == NudgeTier::Warn.source() { NudgeTier::Warn } else { NudgeTier::Escalate };
             self.recent_nudges.insert((r.get(0)?, tier));
         }
-        self.breaker_failures = conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM beads WHERE dispatch_attempts > 1 AND last_dispatch_attempt_at > ?1 AND status != 'closed'",
-            )?
-            .query_row([self.now.minus_ms(BREAKER_WINDOW_MS).0], |r| r.get(0))?;
+        let sql = if defects::on(Defect::BreakerCountsHealthyDispatches) {
+            "SELECT COUNT(*) FROM beads WHERE dispatch_attempts > 0 AND last_dispatch_attempt_at > ?1"
+        } else {
+            "SELECT COUNT(*) FROM beads WHERE dispatch_attempts > 1 AND last_dispatch_attempt_at > ?1 AND status != 'closed'"
+        };
+        self.breaker_failures =
+            conn.prepare_cached(sql)?.query_row([self.now.minus_ms(BREAKER_WINDOW_MS).0], |r| r.get(0))?;
         Ok(())
     }
 
@@ -446,6 +449,9 @@ impl TownSnapshot {
 
     /// Is this MR part of a review-and-merge convoy (via its recorded convoy)?
     pub fn in_review_and_merge_convoy(&self, mr: &str) -> bool {
+        if defects::on(Defect::ConvoyPredicateByParent) {
+            return false; // upstream read parent_bead_id, always NULL for MRs
+        }
         let Some(convoy) = self.reviews.get(mr).and_then(|r| r.convoy_id.as_deref()) else { return false };
         self.convoys.get(convoy).is_some_and(|c| c.merge_mode == MergeMode::ReviewAndMerge)
     }

@@ -3,6 +3,7 @@
 
 use super::beads;
 use super::ctx::Ctx;
+use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
 use crate::model::{RigOverrides, TownConfig};
 use crate::store::{delete_setting, get_setting, put_setting};
@@ -238,7 +239,7 @@ pub fn escalate_to_active(conn: &Connection, now: Timestamp) -> Result<()> {
     }
     let target = now.plus_ms(ACTIVE_ALARM_INTERVAL_MS);
     match alarm(conn)? {
-        Some(at) if at <= target => Ok(()),
+        Some(at) if at <= target && !defects::on(Defect::AlarmPostponedByRpc) => Ok(()),
         _ => set_alarm(conn, Some(target)),
     }
 }

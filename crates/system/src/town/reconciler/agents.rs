@@ -2,6 +2,7 @@
 //! idle agents still holding a hook.
 
 use super::constants::{DISPATCH_RESET_IDLE_MS, HEARTBEAT_STALE_MS, MAX_DISPATCH_ATTEMPTS, STALLED_AUTO_IDLE_MS};
+use crate::defects::{self, Defect};
 use crate::model::{AgentRole, AgentStatus, BeadStatus};
 use crate::time::stale;
 use crate::town::actions::Action;
@@ -37,7 +38,8 @@ fn working_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
 /// A2: an agent stalled for 2 h 30 min (from when it stalled, not from its
 /// heartbeats, which go on after a GUPP stop) goes idle and loses its hook.
 fn stalled_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
-    let Some(at) = a.stalled_at else { return };
+    let at = if defects::on(Defect::StalledTimeoutFromHeartbeat) { a.last_activity_at } else { a.stalled_at };
+    let Some(at) = at else { return };
     if s.now.since(at) > STALLED_AUTO_IDLE_MS {
         out.push(Action::transition_agent(
             &a.id,
@@ -54,6 +56,9 @@ fn stalled_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
 /// A3: an agent with exhausted attempts and no activity for 30 min starts over
 /// (NULL activity never matches). Runs while draining.
 fn counter_reset(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
+    if defects::on(Defect::NoCounterAutoReset) {
+        return;
+    }
     if a.dispatch_attempts >= MAX_DISPATCH_ATTEMPTS
         && a.last_activity_at.is_some_and(|t| s.now.since(t) > DISPATCH_RESET_IDLE_MS)
     {
@@ -74,7 +79,13 @@ fn idle_hooked_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
         None => release(out, "hooked bead does not exist"),
         Some(st) if st.is_terminal() => release(out, "hooked bead is terminal"),
         Some(st @ (BeadStatus::Open | BeadStatus::InProgress)) => {
-            if stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS) {
+            let stale_heartbeat = stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS);
+            let release = if defects::on(Defect::IdleHookKeptOnLiveBead) {
+                false
+            } else {
+                stale_heartbeat || defects::on(Defect::IdleHookReleasedDespiteHeartbeat)
+            };
+            if release {
                 out.push(Action::unhook(&a.id, "idle agent hooked to live bead (dispatch failed)"));
                 out.push(Action::transition_bead(
                     hook,

@@ -6,6 +6,7 @@ use super::constants::{
     HEARTBEAT_STALE_MS, MAX_DISPATCH_ATTEMPTS, ORPHANED_SOURCE_TIMEOUT_MS, STALE_IN_PROGRESS_TIMEOUT_MS,
 };
 use super::{breaker_open, in_cooldown};
+use crate::defects::{self, Defect};
 use crate::model::{AgentRole, AgentStatus, BeadStatus, BeadType, Label};
 use crate::time::stale;
 use crate::town::actions::Action;
@@ -87,10 +88,10 @@ fn idle_hooked_dispatch(s: &TownSnapshot, breaker: bool, out: &mut Vec<Action>) 
             out.push(Action::unhook(&a.id, "max dispatch attempts"));
             continue;
         }
+        let waits = (b.labels.has(Label::Held) || b.in_staged_convoy) && !defects::on(Defect::Rule2IgnoresHeld);
         if in_cooldown(s, b.dispatch_attempts, b.last_dispatch_attempt_at)
             || b.blocked
-            || b.labels.has(Label::Held)
-            || b.in_staged_convoy
+            || waits
             || s.draining
             || breaker
         {
@@ -110,7 +111,8 @@ fn lost_agent(s: &TownSnapshot, b: &SnapBead, out: &mut Vec<Action>) {
     }
     let alive = s.agents_hooked_to(&b.id).any(|a| {
         matches!(a.status, AgentStatus::Working | AgentStatus::Stalled)
-            || !stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS)
+            || (!stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS)
+                && !defects::on(Defect::LostAgentIgnoresHeartbeat))
     });
     if alive {
         return;

@@ -2,6 +2,7 @@
 //! time with a bounded number of attempts and exponential cooldown (bug n).
 
 use super::constants::{landing_cooldown_ms, MAX_LANDING_MR_ATTEMPTS};
+use crate::defects::{self, Defect};
 use crate::model::{BeadStatus, BeadType, MergeMode};
 use crate::town::actions::Action;
 use crate::town::snapshot::{SnapConvoy, TownSnapshot};
@@ -39,7 +40,7 @@ fn convoy(s: &TownSnapshot, c: &SnapConvoy, out: &mut Vec<Action>) {
         out.push(Action::CloseConvoy { convoy_id: c.id.clone() });
         return;
     }
-    if landing.iter().any(|m| m.status.is_live()) {
+    if landing.iter().any(|m| m.status.is_live()) && !defects::on(Defect::LandingMrWhileOneIsLive) {
         return;
     }
     let awaited = landing
@@ -52,7 +53,7 @@ fn convoy(s: &TownSnapshot, c: &SnapConvoy, out: &mut Vec<Action>) {
         });
         return;
     }
-    if c.landing_mr_attempts >= MAX_LANDING_MR_ATTEMPTS {
+    if c.landing_mr_attempts >= MAX_LANDING_MR_ATTEMPTS && !defects::on(Defect::LandingAttemptsUnbounded) {
         let reason = format!("Landing MR creation failed after {} attempts", c.landing_mr_attempts);
         out.push(Action::FailConvoy { convoy_id: c.id.clone(), reason: reason.into() });
         return;

@@ -3,6 +3,7 @@
 //! its creation time (upstream deleted it on the next tick).
 
 use super::constants::AGENT_GC_RETENTION_MS;
+use crate::defects::{self, Defect};
 use crate::model::{AgentRole, AgentStatus};
 use crate::time::stale;
 use crate::town::actions::Action;
@@ -13,10 +14,22 @@ pub fn reconcile(s: &TownSnapshot, out: &mut Vec<Action>) {
         if matches!(a.status, AgentStatus::Idle | AgentStatus::Dead)
             && matches!(a.role, AgentRole::Polecat | AgentRole::Refinery)
             && a.hook.is_none()
-            && stale(s.now, Some(a.last_activity_at.unwrap_or(a.created_at)), AGENT_GC_RETENTION_MS)
+            && stale(s.now, never_active_as(a.last_activity_at, a.created_at), AGENT_GC_RETENTION_MS)
         {
             out.push(Action::DeleteAgent { agent_id: a.id.clone(), reason: "GC: idle > 24h".into() });
         }
+    }
+}
+
+/// An agent that never reported counts from its creation (upstream's NULL was "long ago").
+fn never_active_as(
+    last: Option<crate::time::Timestamp>,
+    created: crate::time::Timestamp,
+) -> Option<crate::time::Timestamp> {
+    if defects::on(Defect::GcDeletesNeverActive) {
+        last
+    } else {
+        Some(last.unwrap_or(created))
     }
 }
 

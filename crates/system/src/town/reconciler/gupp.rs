@@ -2,6 +2,7 @@
 //! escalate after 1 h, force-stop after 2 h. Skipped while draining.
 
 use super::constants::{GUPP_ESCALATE_MS, GUPP_FORCE_STOP_MS, GUPP_WARN_MS, STALLED_AUTO_IDLE_MS};
+use crate::defects::{self, Defect};
 use crate::model::{AgentRole, AgentStatus, NudgeTier, TriageType};
 use crate::time::stale;
 use crate::town::actions::Action;
@@ -19,12 +20,20 @@ pub fn reconcile(s: &TownSnapshot, out: &mut Vec<Action>) {
 }
 
 fn recently_nudged(s: &TownSnapshot, a: &SnapAgent, tier: NudgeTier) -> bool {
-    s.recent_nudges.contains(&(a.id.clone(), tier))
+    !defects::on(Defect::NudgeDedupIgnored) && s.recent_nudges.contains(&(a.id.clone(), tier))
 }
 
 fn watch(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
     // SDK activity, else the dispatch, else the heartbeat; nothing at all is A1's case.
-    let Some(activity) = a.gupp_activity() else { return };
+    let activity = if defects::on(Defect::GuppIgnoresDispatchTime) {
+        a.last_activity_at.and(a.last_event_at.or(a.last_activity_at))
+    } else if defects::on(Defect::GuppNullActivity) {
+        // Upstream's elapsed time from a missing timestamp: "since 1970".
+        a.gupp_activity().or(Some(crate::time::Timestamp(0)))
+    } else {
+        a.gupp_activity()
+    };
+    let Some(activity) = activity else { return };
     let elapsed = s.now.since(activity);
     if elapsed < 0 {
         return; // a timestamp from the future is not evidence of anything (bug o)

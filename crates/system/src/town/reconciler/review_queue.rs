@@ -7,6 +7,7 @@ use super::constants::{
     ABANDONED_MR_TIMEOUT_MS, ORPHANED_PR_REVIEW_TIMEOUT_MS, PR_POLL_INTERVAL_MS, STUCK_REVIEW_TIMEOUT_MS,
 };
 use super::{breaker_open, in_cooldown};
+use crate::defects::{self, Defect};
 use crate::model::{AgentRole, AgentStatus, BeadStatus, BeadType};
 use crate::time::stale;
 use crate::town::actions::Action;
@@ -65,10 +66,12 @@ fn per_mr(s: &TownSnapshot, mr: &SnapBead, r: &SnapReview, out: &mut Vec<Action>
         Some(url) => {
             // Rule 1: poll at most once a minute; merge every tick while flagged,
             // but never while fix-up work (rework, feedback) still blocks the MR.
-            if r.last_poll_at.is_none_or(|t| s.now.since(t) >= PR_POLL_INTERVAL_MS) {
+            if r.last_poll_at.is_none_or(|t| s.now.since(t) >= PR_POLL_INTERVAL_MS)
+                || defects::on(Defect::PollEveryTick)
+            {
                 out.push(Action::PollPr { bead_id: mr.id.clone(), pr_url: url.clone() });
             }
-            if r.auto_merge_pending && !blocked {
+            if r.auto_merge_pending && (!blocked || defects::on(Defect::MergeIgnoresBlockers)) {
                 out.push(Action::MergePr { bead_id: mr.id.clone(), pr_url: url.clone() });
             }
             // Rule 4: a PR review nobody polls or works on for 30 min has been orphaned.
@@ -119,7 +122,8 @@ fn per_mr(s: &TownSnapshot, mr: &SnapBead, r: &SnapReview, out: &mut Vec<Action>
 /// Does an MR still need the refinery in a rig that does not review code?
 /// Only review-and-merge convoy members and system landing MRs do.
 fn refinery_needed(s: &TownSnapshot, mr: &SnapBead) -> bool {
-    s.code_review(mr.rig_id.as_deref())
+    defects::on(Defect::RefineryFilterIgnored)
+        || s.code_review(mr.rig_id.as_deref())
         || s.in_review_and_merge_convoy(&mr.id)
         || mr.created_by.as_deref() == Some("system")
 }
@@ -132,14 +136,14 @@ fn review_off(s: &TownSnapshot, rig: &str, mrs: &[(&SnapBead, &SnapReview)], out
         if mr.status != BeadStatus::Open || mr.rig_id.as_deref() != Some(rig) || s.in_review_and_merge_convoy(&mr.id) {
             continue;
         }
-        if r.pr_url.is_some() {
+        if r.pr_url.is_some() || defects::on(Defect::FastTrackWithoutPrUrl) {
             out.push(Action::transition_bead(
                 &mr.id,
                 Some(BeadStatus::Open),
                 BeadStatus::InProgress,
                 "refinery code review disabled — skip to poll_pr",
             ));
-        } else if mr.created_by.as_deref().is_some_and(|c| c != "system") {
+        } else if mr.created_by.as_deref().is_some_and(|c| c != "system") && !defects::on(Defect::NoOrphanMrCleanup) {
             out.push(Action::transition_bead(
                 &mr.id,
                 Some(BeadStatus::Open),
@@ -172,11 +176,13 @@ fn pop_for_refinery(
     out: &mut Vec<Action>,
 ) {
     let in_rig = || mrs.iter().filter(|(b, _)| b.rig_id.as_deref() == Some(rig));
-    if in_rig().any(|(b, r)| b.status == BeadStatus::InProgress && r.pr_url.is_none()) {
+    let serial = |r: &SnapReview| r.pr_url.is_none() || defects::on(Defect::SerialReviewCountsPrs);
+    if in_rig().any(|(b, r)| b.status == BeadStatus::InProgress && serial(r)) {
         return;
     }
-    let Some((oldest, _)) = in_rig().find(|(b, r)| b.status == BeadStatus::Open && !r.babysit && refinery_needed(s, b))
-    else {
+    let Some((oldest, _)) = in_rig().find(|(b, r)| {
+        b.status == BeadStatus::Open && (!r.babysit || defects::on(Defect::BabysatToRefinery)) && refinery_needed(s, b)
+    }) else {
         return;
     };
     if s.draining || breaker {
@@ -184,7 +190,7 @@ fn pop_for_refinery(
     }
     // Upstream popped MRs without looking at their counters, so an MR that kept
     // losing its refinery was re-dispatched forever; fail it at the cap instead.
-    if oldest.dispatch_attempts >= s.rig_max_attempts(Some(rig)) {
+    if oldest.dispatch_attempts >= s.rig_max_attempts(Some(rig)) && !defects::on(Defect::Rule5IgnoresCap) {
         let reason = format!("refinery max dispatch attempts exceeded ({})", oldest.dispatch_attempts);
         out.push(Action::transition_bead(&oldest.id, Some(BeadStatus::Open), BeadStatus::Failed, reason));
         return;
@@ -236,7 +242,7 @@ fn redispatch_refineries(s: &TownSnapshot, breaker: bool, out: &mut Vec<Action>)
             continue;
         }
         let rig = mr.rig_id.as_deref().or(a.rig_id.as_deref()).unwrap_or("");
-        if mr.dispatch_attempts >= s.rig_max_attempts(Some(rig)) {
+        if mr.dispatch_attempts >= s.rig_max_attempts(Some(rig)) && !defects::on(Defect::RefineryRedispatchUncapped) {
             let reason = format!("refinery max dispatch attempts exceeded ({})", mr.dispatch_attempts);
             out.push(Action::transition_bead(&mr.id, None, BeadStatus::Failed, reason));
             out.push(Action::unhook(&a.id, "max dispatch attempts"));
@@ -252,6 +258,9 @@ fn redispatch_refineries(s: &TownSnapshot, breaker: bool, out: &mut Vec<Action>)
 /// Rule 7: a working refinery whose MR already ended (say, auto-merged
 /// mid-review) is stopped, unhooked and idled in the same pass.
 fn refineries_on_finished_mrs(s: &TownSnapshot, out: &mut Vec<Action>) {
+    if defects::on(Defect::RefineryLeftOnFinishedMr) {
+        return;
+    }
     for a in s.agents.iter().filter(|a| a.role == AgentRole::Refinery) {
         if !matches!(a.status, AgentStatus::Working | AgentStatus::Stalled) {
             continue;

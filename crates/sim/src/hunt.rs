@@ -1,0 +1,195 @@
+//! `gastown-sim defects`: switch each catalogued defect on in turn, run its
+//! scenario's seeds in order until one fails, and report how soon the
+//! harness caught it.
+
+use crate::cli::{progress, run_seeds, wall_now, wall_us_since};
+use gastown::defects::Defect;
+use gastown_sim::defects::{first_detection, scenario_for, HuntResult};
+use gastown_sim::scenario::Scenario;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub struct HuntOptions<'a> {
+    pub only: &'a [String],
+    pub max_seeds: u64,
+    pub jobs: usize,
+    pub scenarios_dir: &'a Path,
+    pub json: bool,
+    pub markdown: bool,
+}
+
+pub fn defects(opts: &HuntOptions<'_>) -> ExitCode {
+    if !gastown::defects::BUILT_IN {
+        eprintln!(
+            "this gastown-sim was built without the defect switches; run\n  \
+             cargo run --release -p gastown-sim --features defects -- defects"
+        );
+        return ExitCode::from(2);
+    }
+    let chosen = match choose(opts.only) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut hunts = Vec::new();
+    for d in chosen {
+        let Some(file) = scenario_for(d) else {
+            eprintln!("{}: no scenario hunts this defect", d.name());
+            return ExitCode::from(2);
+        };
+        match Scenario::load(&opts.scenarios_dir.join(file)) {
+            Ok(sc) => hunts.push((d, file, sc)),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut results = Vec::new();
+    for (d, file, sc) in &hunts {
+        let r = match hunt(*d, file, sc, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}: the simulation could not run: {e}", d.name());
+                return ExitCode::from(2);
+            }
+        };
+        if !opts.json && !opts.markdown {
+            out!("{}", text_line(&r));
+        }
+        results.push(r);
+    }
+    if opts.json {
+        let body = serde_json::json!({ "defects": results });
+        out!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    } else if opts.markdown {
+        out!("{}", markdown(&results));
+    } else {
+        out!("{}", summary(&results, opts.max_seeds));
+    }
+    if results.iter().all(|r| r.detected) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn choose(only: &[String]) -> Result<Vec<Defect>, String> {
+    if only.is_empty() {
+        return Ok(Defect::ALL.to_vec());
+    }
+    only.iter()
+        .map(|n| {
+            Defect::by_name(n).ok_or_else(|| {
+                let names: Vec<_> = Defect::ALL.iter().map(|d| d.name()).collect();
+                format!("unknown defect `{n}`; the catalogue has: {}", names.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// Run the scenario's seeds 1, 2, … in batches of `jobs` with `d` switched on,
+/// stopping after the first batch with a failing seed.
+fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<HuntResult, String> {
+    gastown::defects::activate(Some(d));
+    let start = wall_now();
+    let bar = progress(opts.max_seeds, opts.json || opts.markdown);
+    bar.set_message(d.name());
+    let batch = opts.jobs.max(1) as u64;
+    let mut next = 1;
+    let mut found = None;
+    while next <= opts.max_seeds && found.is_none() {
+        let seeds: Vec<u64> = (next..=(next + batch - 1).min(opts.max_seeds)).collect();
+        next += seeds.len() as u64;
+        let outcomes = run_seeds(sc, &seeds, opts.jobs, &bar)?;
+        found = first_detection(&outcomes).map(|(seed, f)| (seed, f.invariant.clone(), f.detail.clone()));
+    }
+    bar.finish_and_clear();
+    gastown::defects::activate(None);
+    let wall_seconds = wall_us_since(start) as f64 / 1e6;
+    Ok(HuntResult {
+        name: d.name(),
+        source: d.source(),
+        scenario: file.to_owned(),
+        detected: found.is_some(),
+        seeds_to_detect: found.as_ref().map_or(opts.max_seeds, |(s, _, _)| *s),
+        invariant: found.as_ref().map(|(_, i, _)| i.clone()),
+        detail: found.map(|(_, _, d)| d),
+        wall_seconds: (wall_seconds * 10.0).round() / 10.0,
+    })
+}
+
+fn text_line(r: &HuntResult) -> String {
+    let verdict = if r.detected {
+        format!("caught at seed {:>3} by {}", r.seeds_to_detect, r.invariant.as_deref().unwrap_or("?"))
+    } else {
+        format!("MISSED in {} seeds", r.seeds_to_detect)
+    };
+    format!("{:<38} {:<44} {verdict} ({:.1} s)", r.name, r.scenario, r.wall_seconds)
+}
+
+fn median(mut v: Vec<u64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2] as f64
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
+    }
+}
+
+fn summary(results: &[HuntResult], max_seeds: u64) -> String {
+    let caught: Vec<u64> = results.iter().filter(|r| r.detected).map(|r| r.seeds_to_detect).collect();
+    let wall: f64 = results.iter().map(|r| r.wall_seconds).sum();
+    format!(
+        "\n{} of {} defects caught within {max_seeds} seeds; median seeds to first detection {}, worst {}; {:.0} s",
+        caught.len(),
+        results.len(),
+        median(caught.clone()),
+        caught.iter().max().copied().unwrap_or(0),
+        wall
+    )
+}
+
+fn markdown(results: &[HuntResult]) -> String {
+    let mut s = String::from(
+        "| defect | source | scenario | detected | seeds to detect | invariant | wall s |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        s.push_str(&format!(
+            "| `{}` | {} | `{}` | {} | {} | {} | {:.1} |\n",
+            r.name,
+            r.source,
+            r.scenario,
+            if r.detected { "yes" } else { "**no**" },
+            r.seeds_to_detect,
+            r.invariant.as_deref().map_or("—".to_owned(), |i| format!("`{i}`")),
+            r.wall_seconds
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![5, 1, 3]), 3.0);
+        assert_eq!(median(vec![4, 1, 3, 2]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
+
+    #[test]
+    fn unknown_names_are_refused_with_the_catalogue() {
+        let e = choose(&["no-such".to_owned()]).unwrap_err();
+        assert!(e.contains("unknown defect `no-such`") && e.contains("hook-not-exclusive"), "{e}");
+        assert_eq!(choose(&[]).unwrap().len(), Defect::ALL.len());
+    }
+}
