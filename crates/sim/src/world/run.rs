@@ -182,6 +182,7 @@ impl World {
             }
             let now = Timestamp(EPOCH.0 + self.now as i64);
             let mut vs = self.checker.observe_tick(&report);
+            vs.extend(report.action_violations.iter().cloned());
             let checked = town.with_town_quietly(|t| self.checker.check(t.conn(), t.config(), now));
             match checked {
                 Ok(more) => vs.extend(more),

@@ -307,7 +307,9 @@ fn record_approval(cx: &Ctx<'_>, mr: &str, row: &PollRow, f: &PrFeedback) -> Res
         let edge = if f.awaiting_approval { "pr.awaiting_approval_detected" } else { "pr.awaiting_approval_resolved" };
         tracing::info!(mr, edge, "awaiting approval changed");
     }
-    beads::touch(cx, mr)
+    // No touch here: the poll action itself refreshed `updated_at` (bug q),
+    // one place that keeps a polled MR from looking orphaned.
+    Ok(())
 }
 
 /// Apply a `merge_pr` report: a merge becomes `pr_status_changed(merged)`;

@@ -32,6 +32,9 @@ pub struct TickReport {
     pub side_effects_succeeded: u32,
     pub side_effects_failed: u32,
     pub invariant_violations: Vec<String>,
+    /// What the reconcile pass asked for, judged against the snapshot it saw
+    /// ([`super::invariants::check_actions`]).
+    pub action_violations: Vec<super::invariants::Violation>,
     pub pending_events: u64,
     pub active_work: bool,
     pub next_alarm: Option<Timestamp>,
@@ -127,6 +130,7 @@ fn phases_0_and_1(cx: &mut Ctx<'_>, cfg: &TownConfig, town_id: &str) -> Result<T
     }
     let snapshot = TownSnapshot::load(cx.conn, now, drain.draining, cfg)?;
     let planned = reconciler::reconcile(&snapshot);
+    report.action_violations = super::invariants::check_actions(&snapshot, &planned);
     for action in &planned {
         *report.actions_by_type.entry(action.kind()).or_default() += 1;
         let conn = cx.conn;

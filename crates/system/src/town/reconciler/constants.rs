@@ -67,4 +67,37 @@ mod tests {
         assert_eq!(l, vec![60_000, 120_000, 240_000, 480_000, 960_000, 1_800_000]);
         assert_eq!(landing_cooldown_ms(99), LANDING_MR_COOLDOWN_MAX_MS);
     }
+
+    /// The spec's numbers are the contract: rule tests use these constants
+    /// symbolically, so only this pins their values (mutation testing found
+    /// `5 * MINUTE_MS` → `5 + MINUTE_MS` surviving everywhere else).
+    #[test]
+    fn constants_match_the_spec() {
+        let ms = [
+            (HEARTBEAT_STALE_MS, 90_000),
+            (STALE_IN_PROGRESS_TIMEOUT_MS, 300_000),
+            (ORPHANED_SOURCE_TIMEOUT_MS, 300_000),
+            (ABANDONED_MR_TIMEOUT_MS, 120_000),
+            (STUCK_REVIEW_TIMEOUT_MS, 1_800_000),
+            (ORPHANED_PR_REVIEW_TIMEOUT_MS, 1_800_000),
+            (STALLED_AUTO_IDLE_MS, 9_000_000),
+            (GUPP_WARN_MS, 900_000),
+            (GUPP_ESCALATE_MS, 3_600_000),
+            (GUPP_FORCE_STOP_MS, 7_200_000),
+            (NUDGE_DEDUP_WINDOW_MS, 3_600_000),
+            (AGENT_GC_RETENTION_MS, 86_400_000),
+            (DISPATCH_RESET_IDLE_MS, 1_800_000),
+            (BREAKER_WINDOW_MS, 1_800_000),
+            (LANDING_MR_COOLDOWN_BASE_MS, 30_000),
+            (LANDING_MR_COOLDOWN_MAX_MS, 1_800_000),
+            (PR_POLL_INTERVAL_MS, 60_000),
+            (DRAIN_TIMEOUT_MS, 420_000),
+            (ACTIVE_STALLED_WINDOW_MS, 1_800_000),
+        ];
+        for (i, (got, want)) in ms.iter().enumerate() {
+            assert_eq!(got, want, "constant #{i}");
+        }
+        assert_eq!((MAX_DISPATCH_ATTEMPTS, DEFAULT_MAX_DISPATCH_ATTEMPTS), (5, 5));
+        assert_eq!((BREAKER_FAILURE_THRESHOLD, MAX_LANDING_MR_ATTEMPTS), (20, 5));
+    }
 }
