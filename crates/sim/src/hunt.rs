@@ -56,7 +56,10 @@ pub fn defects(opts: &HuntOptions<'_>) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        if !opts.json && !opts.markdown {
+        // Hunts take minutes: report each as it ends (on stderr when stdout is a document).
+        if opts.json || opts.markdown {
+            eprintln!("{}", text_line(&r));
+        } else {
             out!("{}", text_line(&r));
         }
         results.push(r);
