@@ -87,7 +87,6 @@ pub fn first_detection(outcomes: &[SeedOutcome]) -> Option<(u64, &SeedFailure)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::BeadCounts;
     use std::path::Path;
 
     #[test]
@@ -109,17 +108,7 @@ mod tests {
                 .iter()
                 .map(|(i, t)| SeedFailure { invariant: (*i).into(), detail: String::new(), sim_time_ms: *t })
                 .collect(),
-            sim_ms: 0,
-            wall_us: 0,
-            ticks: 0,
-            tick_wall_us: Vec::new(),
-            beads: BeadCounts::default(),
-            faults: Default::default(),
-            marks: Default::default(),
-            trace_hash: String::new(),
-            trace: Vec::new(),
-            bead_series: Vec::new(),
-            fault_events: Vec::new(),
+            ..SeedOutcome::default()
         }
     }
 

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 pub use crate::world::{BeadCounts, Failure as SeedFailure};
 
 /// Everything the CLI and reports need from one seed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SeedOutcome {
     pub seed: u64,
     pub failures: Vec<SeedFailure>,
@@ -271,11 +271,8 @@ mod tests {
             tick_wall_us: costs.to_vec(),
             beads: BeadCounts { created: 2, closed: 1, failed: 0 },
             faults: BTreeMap::from([("hard_eviction".to_owned(), 1)]),
-            marks: BTreeMap::new(),
             trace_hash: format!("h{seed}"),
-            trace: vec![],
-            bead_series: vec![],
-            fault_events: vec![],
+            ..SeedOutcome::default()
         }
     }
 
