@@ -11,7 +11,7 @@ use super::snapshot::TownSnapshot;
 use super::state;
 use super::tick::TickReport;
 use crate::error::Result;
-use crate::model::{AgentStatus, BeadStatus, Label, RigSettings, TownConfig};
+use crate::model::{AgentStatus, BeadStatus, BeadType, Label, RigSettings, TownConfig};
 use crate::time::Timestamp;
 use rusqlite::Connection;
 use serde::Serialize;
@@ -386,7 +386,10 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                 out.push(v("no_merge_while_blocked", format!("merge of MR {bead_id} while fix-up work blocks it")));
             }
             Action::DispatchAgent { bead_id, .. }
-                if s.bead(bead_id).is_some_and(|b| b.labels.has(Label::Held) || b.in_staged_convoy) =>
+                if s.bead(bead_id).is_some_and(|b| {
+                    // Holding and staging gate issues (Rules 1, 2); an MR of a staged convoy's member is reviewed.
+                    b.bead_type == BeadType::Issue && (b.labels.has(Label::Held) || b.in_staged_convoy)
+                }) =>
             {
                 out.push(v("held_beads_wait", format!("dispatch of held or staged bead {bead_id}")));
             }
