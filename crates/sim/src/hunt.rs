@@ -14,6 +14,8 @@ pub struct HuntOptions<'a> {
     pub max_seeds: u64,
     pub jobs: usize,
     pub scenarios_dir: &'a Path,
+    /// Overrides every defect's own scenario.
+    pub scenario: Option<&'a Path>,
     pub json: bool,
     pub markdown: bool,
 }
@@ -35,11 +37,16 @@ pub fn defects(opts: &HuntOptions<'_>) -> ExitCode {
     };
     let mut hunts = Vec::new();
     for d in chosen {
-        let Some(file) = scenario_for(d) else {
-            eprintln!("{}: no scenario hunts this defect", d.name());
-            return ExitCode::from(2);
+        let path = match (opts.scenario, scenario_for(d)) {
+            (Some(p), _) => p.to_path_buf(),
+            (None, Some(file)) => opts.scenarios_dir.join(file),
+            (None, None) => {
+                eprintln!("{}: no scenario hunts this defect", d.name());
+                return ExitCode::from(2);
+            }
         };
-        match Scenario::load(&opts.scenarios_dir.join(file)) {
+        let file = path.strip_prefix(opts.scenarios_dir).unwrap_or(&path).display().to_string();
+        match Scenario::load(&path) {
             Ok(sc) => hunts.push((d, file, sc)),
             Err(e) => {
                 eprintln!("{e}");

@@ -123,6 +123,9 @@ enum Command {
         /// Where the scenario files are.
         #[arg(long, default_value = "scenarios")]
         scenarios_dir: PathBuf,
+        /// Hunt with this scenario file instead of each defect's own (trying a new scenario out).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
         /// Print `{"defects": [...]}` instead of text.
         #[arg(long, conflicts_with = "markdown")]
         json: bool,
@@ -157,12 +160,13 @@ fn main() -> ExitCode {
         Command::Check { scenarios } => cli::check(&scenarios),
         Command::Shrink { scenario, seed, out } => cli::shrink(&scenario, seed, out.as_deref()),
         Command::Merge { reports, json, report_dir } => cli::merge(&reports, json, report_dir.as_deref()),
-        Command::Defects { only, max_seeds, jobs, scenarios_dir, json, markdown } => {
+        Command::Defects { only, max_seeds, jobs, scenarios_dir, scenario, json, markdown } => {
             hunt::defects(&hunt::HuntOptions {
                 only: &only,
                 max_seeds,
                 jobs: jobs as usize,
                 scenarios_dir: &scenarios_dir,
+                scenario: scenario.as_deref(),
                 json,
                 markdown,
             })

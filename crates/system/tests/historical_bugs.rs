@@ -1604,6 +1604,11 @@ fn fix_sibling_mrs_close_when_one_merges() {
         assert_eq!(w.status(&src), BeadStatus::Closed, "a merged source was reopened");
     }
     assert_eq!(w.status(&stale), BeadStatus::Closed);
+    // The oracle: had the sibling stayed live, the checker names it.
+    w.sql("UPDATE beads SET status = 'open' WHERE bead_id = ?1", [&stale]);
+    let now = w.now();
+    let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
+    assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["merge_closes_sibling_mrs"], "{v:?}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use gastown::net::{HttpClient, SendFuture};
 use gastown::runtime::{TickObserver, TickPhase, TownHost, TownHostConfig};
 use gastown::scm::{ScmClient, ScmConfig};
 use gastown::time::{Timestamp, TokioClock};
+use gastown::town::invariants::Violation;
 use gastown::town::{AddRig, TickReport, Town, TownOptions};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -118,6 +119,9 @@ pub struct Shared {
     tick_wall: Mutex<(Option<super::measure::Stopwatch>, u64)>,
     /// Trace records from inside hosts (RPCs), drained by the world: (sim ms, kind, body).
     pub records: Mutex<Vec<(i64, &'static str, String)>>,
+    /// Violations seen from outside the town (the workload's postconditions on
+    /// its own calls), drained by the world: (sim ms, violation).
+    pub checks: Mutex<Vec<(i64, Violation)>>,
     pub dice: Mutex<Dice>,
     pub faults: Mutex<Vec<(i64, String)>>,
     pub prs: Mutex<Vec<PrRecord>>,
@@ -141,6 +145,7 @@ impl Shared {
             ticks: Mutex::new(Vec::new()),
             tick_wall: Mutex::new((None, 0)),
             records: Mutex::new(Vec::new()),
+            checks: Mutex::new(Vec::new()),
             dice: Mutex::new(dice),
             faults: Mutex::new(Vec::new()),
             prs: Mutex::new(Vec::new()),

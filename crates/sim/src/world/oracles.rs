@@ -28,6 +28,7 @@ pub const INVARIANTS: &[&str] = &[
     "one_live_landing_mr",
     "landing_attempts_bounded",
     "one_live_feedback_bead",
+    "merge_closes_sibling_mrs",
     "fix_beads_never_reviewed",
     "no_refinery_when_review_off",
     "gupp_grace_after_dispatch",
@@ -41,6 +42,9 @@ pub const INVARIANTS: &[&str] = &[
     "no_merge_while_blocked",
     "nudge_once_per_tier_per_hour",
     "held_beads_wait",
+    "stall_lasts_2h30",
+    // the workload's postconditions on its own calls
+    "reset_clears_counters",
     // the alarm, checked by the world between steps
     "alarm_never_postponed",
     // upstream's own per-tick checks (TickReport::invariant_violations)

@@ -120,6 +120,10 @@ impl World {
             }
             self.trace.record(at, kind, &body);
         }
+        let checks = std::mem::take(&mut *lock(&self.sh.checks));
+        for (at, v) in checks {
+            self.violation(at.max(0) as u64, v);
+        }
         let faults = std::mem::take(&mut *lock(&self.sh.faults));
         for (at, kind) in faults {
             self.fired(at.max(0) as u64, &kind);

@@ -7,6 +7,7 @@ use super::config::{ConvoyPlan, ConvoyShape, WorldConfig};
 use super::hosts::{lock, merge_mode, rig_id, Shared, EPOCH, SECRET, TOWN_ID, TOWN_URL};
 use crate::net::TurmoilConnector;
 use gastown::net::HttpClient;
+use gastown::town::invariants::Violation;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::json;
@@ -103,9 +104,32 @@ pub fn shape(shape: ConvoyShape, n: usize) -> Vec<Vec<usize>> {
 }
 
 /// A target for a user action, picked from the town's state (the user looks at the dashboard).
-fn pick(sh: &Shared, sql: &str) -> Option<String> {
+fn pick(sh: &Shared, sql: &str, params: impl rusqlite::Params) -> Option<String> {
     let host = sh.town()?;
-    host.with_town_quietly(|t| Ok(t.conn().query_row(sql, [], |r| r.get::<_, String>(0)).ok())).ok().flatten()
+    host.with_town_quietly(|t| Ok(t.conn().query_row(sql, params, |r| r.get::<_, String>(0)).ok())).ok().flatten()
+}
+
+/// What a reset leaves behind, checked after the call: the agent's bead, if
+/// still open, must carry no dispatch attempt made before the reset, so Rule 1
+/// dispatches it on the next tick (bug k). An attempt made after the reset
+/// (a tick may run before the check) is fine.
+fn reset_postcondition(sh: &Shared, bead: &str, sent_ms: i64) -> Option<Violation> {
+    let host = sh.town()?;
+    let row = host.with_town_quietly(|t| {
+        Ok(t.conn()
+            .query_row(
+                "SELECT status, dispatch_attempts, last_dispatch_attempt_at FROM beads WHERE bead_id = ?1",
+                [bead],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, Option<i64>>(2)?)),
+            )
+            .ok())
+    });
+    let (status, attempts, last) = row.ok().flatten()?;
+    let before_reset = last.is_some_and(|t| t < EPOCH.0 + sent_ms);
+    (status == "open" && attempts > 0 && before_reset).then(|| Violation {
+        invariant: "reset_clears_counters",
+        detail: format!("bead {bead} reopened by an agent reset still counts {attempts} dispatch attempts"),
+    })
 }
 
 /// The workload client: plays the schedule against the town's API.
@@ -115,6 +139,7 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
     let token = signer.user_token(TOWN_ID, EPOCH.plus_ms(365 * 24 * 3_600_000));
     let base = format!("{TOWN_URL}/api/towns/{TOWN_ID}");
     let mut convoys: BTreeMap<usize, String> = BTreeMap::new();
+    let mut reset_hook: Option<(String, i64)> = None;
     for (at, op) in ops {
         let now = super::hosts::host_now_ms() as u64;
         if at > now {
@@ -145,25 +170,34 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
                 None => continue,
             },
             Op::MayorMessage { text } => (format!("{base}/mayor/message"), json!({ "message": text }), "mayor_message"),
-            Op::ResetAgent => match pick(&sh, "SELECT bead_id FROM agent_metadata WHERE role = 'polecat' AND status = 'working' ORDER BY bead_id LIMIT 1") {
-                Some(a) => (format!("{base}/agents/{a}/reset"), json!({}), "reset_agent"),
+            Op::ResetAgent => match pick(&sh, "SELECT bead_id FROM agent_metadata WHERE role = 'polecat' AND status = 'working' ORDER BY bead_id LIMIT 1", []) {
+                Some(a) => {
+                    let hook = pick(&sh, "SELECT current_hook_bead_id FROM agent_metadata WHERE bead_id = ?1 AND current_hook_bead_id IS NOT NULL", [&a]);
+                    reset_hook = hook.map(|h| (h, super::hosts::host_now_ms()));
+                    (format!("{base}/agents/{a}/reset"), json!({}), "reset_agent")
+                }
                 None => continue,
             },
-            Op::CloseBead => match pick(&sh, "SELECT bead_id FROM beads WHERE type = 'issue' AND status = 'open' AND assignee_agent_bead_id IS NULL ORDER BY created_at, bead_id LIMIT 1") {
+            Op::CloseBead => match pick(&sh, "SELECT bead_id FROM beads WHERE type = 'issue' AND status = 'open' AND assignee_agent_bead_id IS NULL ORDER BY created_at, bead_id LIMIT 1", []) {
                 Some(b) => (format!("{base}/beads/{b}/close"), json!({}), "close_bead"),
                 None => continue,
             },
-            Op::AcknowledgeEscalation => match pick(&sh, "SELECT bead_id FROM escalation_metadata WHERE acknowledged = 0 ORDER BY bead_id LIMIT 1") {
+            Op::AcknowledgeEscalation => match pick(&sh, "SELECT bead_id FROM escalation_metadata WHERE acknowledged = 0 ORDER BY bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/escalations/{e}/acknowledge"), json!({}), "acknowledge_escalation"),
                 None => continue,
             },
-            Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1") {
+            Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/beads/{e}/close"), json!({}), "close_escalation"),
                 None => continue,
             },
         };
         let r = http.post(url).bearer(&token).json(&body).send().await;
         let status = r.as_ref().map_or(0, |r| r.status);
+        if let (Op::ResetAgent, Some((bead, sent)), 200) = (&op, reset_hook.take(), status) {
+            if let Some(v) = reset_postcondition(&sh, &bead, sent) {
+                lock(&sh.checks).push((super::hosts::host_now_ms(), v));
+            }
+        }
         if let (Op::Convoy { index, .. }, Ok(r)) = (&op, &r) {
             if let Ok(v) = r.json::<serde_json::Value>() {
                 if let Some(id) = v["data"]["convoy_id"].as_str() {

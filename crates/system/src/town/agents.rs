@@ -5,7 +5,7 @@ use super::beads::{self, NewBead};
 use super::ctx::{short, Ctx};
 use crate::defects::{self, Defect};
 use crate::error::{Result, TownError};
-use crate::model::{labels, AgentRole, AgentStatus, BeadStatus, BeadType, Label};
+use crate::model::{AgentRole, AgentStatus, BeadStatus, BeadType, Label};
 use crate::time::Timestamp;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
@@ -383,9 +383,4 @@ pub fn delete(cx: &mut Ctx<'_>, agent_id: &str) -> Result<()> {
         .prepare_cached("UPDATE beads SET assignee_agent_bead_id = NULL WHERE assignee_agent_bead_id = ?1 AND status IN ('closed', 'failed')")?
         .execute([agent_id])?;
     beads::delete(cx, &[agent_id.to_owned()])
-}
-
-/// Is `bead` a patrol triage batch?
-pub fn is_patrol_triage(bead: &beads::Bead) -> bool {
-    bead.has_label(labels::TRIAGE) && bead.created_by.as_deref() == Some("patrol")
 }

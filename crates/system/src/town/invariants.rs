@@ -5,7 +5,7 @@
 use super::actions::Action;
 use super::reconciler::constants::{
     DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS, MAX_LANDING_MR_ATTEMPTS,
-    ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
+    ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS, STALLED_AUTO_IDLE_MS,
 };
 use super::snapshot::TownSnapshot;
 use super::state;
@@ -176,6 +176,20 @@ impl Checker {
             [],
         )? {
             out.push(v("one_live_feedback_bead", format!("MR {mr} has several live feedback beads")));
+        }
+        // A merge closes the other live MRs of its source (§10.1 sibling MRs):
+        // left open, an old one could reopen or re-merge a finished issue. Only
+        // MRs that existed when the merge closed its MR are its siblings.
+        for mr in rows(
+            conn,
+            "SELECT m.bead_id FROM beads m JOIN bead_dependencies d ON d.bead_id = m.bead_id AND d.dependency_type = 'tracks' \
+             JOIN beads s ON s.bead_id = d.depends_on_bead_id WHERE m.type = 'merge_request' AND m.status IN ('open', 'in_progress') \
+             AND s.type = 'issue' AND s.status = 'closed' AND EXISTS (SELECT 1 FROM bead_dependencies d2 JOIN beads m2 \
+               ON m2.bead_id = d2.bead_id WHERE d2.depends_on_bead_id = s.bead_id AND d2.dependency_type = 'tracks' \
+               AND m2.type = 'merge_request' AND m2.status = 'closed' AND m.created_at < m2.updated_at)",
+            [],
+        )? {
+            out.push(v("merge_closes_sibling_mrs", format!("MR {mr} is still live although its source merged")));
         }
         let settings = rig_settings(conn, config)?;
         let mut st = conn.prepare_cached(
@@ -379,6 +393,18 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                     out.push(v(
                         "pr_polled_once_a_minute",
                         format!("MR {bead_id} polled again within a minute (#1632)"),
+                    ));
+                }
+            }
+            Action::TransitionAgent { agent_id, from: AgentStatus::Stalled, to: AgentStatus::Idle, .. } => {
+                // A2 counts from the stall itself: heartbeats go on after a GUPP stop.
+                // (Rule 7 idles a refinery whose MR ended at once: not a stall timeout.)
+                let Some(agent) = s.agents.iter().find(|x| &x.id == agent_id) else { continue };
+                let work_ended = agent.hook.as_deref().and_then(|h| s.bead(h)).is_some_and(|b| b.status.is_terminal());
+                if !work_ended && agent.stalled_at.is_none_or(|t| s.now.since(t) <= STALLED_AUTO_IDLE_MS) {
+                    out.push(v(
+                        "stall_lasts_2h30",
+                        format!("stalled agent {agent_id} idled before 2 h 30 min stalled"),
                     ));
                 }
             }

@@ -125,7 +125,7 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
     };
     let bead = beads::get(cx, &hook)?;
     let labels = bead.label_set();
-    if (agents::is_patrol_triage(&bead) || labels.is_fixup_work()) && !defects::on(Defect::FixBeadsReviewed) {
+    if never_reviewed(labels) {
         // Fix-up work pushes to an existing branch/PR: close it, never open a new review (bug i).
         beads::update_status_because(cx, &hook, BeadStatus::Closed, agent_id, None, CloseCause::FixupDone)?;
         return agents::unhook(cx, agent_id, "gt_done");
@@ -642,7 +642,9 @@ pub fn auto_merge_ready(cx: &mut Ctx<'_>, mr_id: &str) -> Result<()> {
     beads::touch(cx, &mr.bead_id)
 }
 
-/// Whether any label in `set` marks the bead as never needing review.
+/// Whether any label in `set` marks the bead as never needing review: fix-up
+/// work and triage batches. The one place this is decided (`gt_done` closes
+/// such beads, `submit` refuses them), so bug (i) has one switch.
 pub fn never_reviewed(set: crate::model::LabelSet) -> bool {
-    set.is_fixup_work() || set.has(Label::Triage)
+    (set.is_fixup_work() && !defects::on(Defect::FixBeadsReviewed)) || set.has(Label::Triage)
 }

@@ -103,6 +103,7 @@ fn idle_hooked_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
 mod tests {
     use super::super::testkit::*;
     use super::*;
+    use crate::town::invariants::check_actions;
 
     #[test]
     fn a1_null_stale_and_unhooked_working_agents_go_idle() {
@@ -146,6 +147,12 @@ mod tests {
         let out = k.run(reconcile);
         assert_eq!(idled(&out), vec!["past".to_owned()]);
         assert!(out.iter().any(|a| matches!(a, Action::UnhookAgent { agent_id, .. } if agent_id == "past")));
+        // The oracle agrees, and names an idle measured from anything but the stall.
+        assert!(check_actions(&k.s, &out).is_empty());
+        let early = Action::transition_agent("at", AgentStatus::Stalled, AgentStatus::Idle, "from the heartbeat");
+        let unknown = Action::transition_agent("none", AgentStatus::Stalled, AgentStatus::Idle, "no stall time");
+        let v = check_actions(&k.s, &[early, unknown]);
+        assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["stall_lasts_2h30"; 2]);
     }
 
     #[test]
