@@ -17,7 +17,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::ReEscalateTerminal, "bug-b-re-escalation-skips-closed.toml"),
     (Defect::FastTrackWithoutPrUrl, "bug-c-fast-track-needs-pr-url.toml"),
     (Defect::RefineryFilterIgnored, "bug-c-fast-track-needs-pr-url.toml"),
-    (Defect::SerialReviewCountsPrs, "bug-d-refinery-gating.toml"),
+    (Defect::SerialReviewCountsPrs, "flaky-prs.toml"),
     (Defect::BabysatToRefinery, "bug-d-refinery-gating.toml"),
     (Defect::NoOrphanMrCleanup, "bug-c-fast-track-needs-pr-url.toml"),
     (Defect::IdleHookKeptOnLiveBead, "bug-f-idle-agent-hooked-to-live-bead.toml"),

@@ -572,6 +572,27 @@ fn bug_d_refinery_reviews_one_direct_mr_at_a_time_and_never_a_babysat_one() {
 }
 
 #[test]
+fn bug_d_oracle_names_a_review_queue_that_stands_still() {
+    let mut w = World::new();
+    let (src, p) = w.sling("waits for a refinery");
+    let mr = w.town.submit_to_review_queue(&p, &src, "gt/waits", Some(&pr(1)), None).unwrap();
+    let names = |w: &mut World| {
+        let now = w.now();
+        let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
+        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
+    };
+    assert!(names(&mut w).is_empty(), "an MR may wait a tick");
+    // No tick runs, so Rule 5 never pops the MR: the queue stands still past
+    // the longest gap between two ticks.
+    w.advance(6 * MINUTE_MS);
+    assert_eq!(names(&mut w), ["review_queue_moves"]);
+    w.advance(TICK_MS);
+    w.tick_checked();
+    assert_eq!(w.status(&mr), BeadStatus::InProgress, "the next tick pops it");
+    assert!(names(&mut w).is_empty());
+}
+
+#[test]
 fn bug_e_url_less_mr_fails_within_one_tick_and_source_retries() {
     let mut w = World::review_off();
     let (src, p) = w.sling("forgets to open a PR");

@@ -21,6 +21,7 @@ pub const INVARIANTS: &[&str] = &[
     "one_agent_per_hook",
     "working_agent_has_hook",
     "idle_agent_releases_live_bead",
+    "review_queue_moves",
     "terminal_is_final",
     "one_direct_review_per_rig",
     "in_review_has_live_mr",

@@ -4,8 +4,9 @@
 
 use super::actions::Action;
 use super::reconciler::constants::{
-    DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS, MAX_LANDING_MR_ATTEMPTS,
-    ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS, STALLED_AUTO_IDLE_MS,
+    BREAKER_FAILURE_THRESHOLD, BREAKER_WINDOW_MS, DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS,
+    MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
+    STALLED_AUTO_IDLE_MS,
 };
 use super::snapshot::TownSnapshot;
 use super::state;
@@ -61,6 +62,8 @@ pub struct Checker {
     terminal_escalations: BTreeMap<String, (String, u32)>,
     /// (agent, bead) pairs seen idle-hooked with a stale heartbeat, and since when.
     idle_hooks: BTreeMap<(String, String), Timestamp>,
+    /// Rigs seen with an MR waiting for a refinery that is free, and since when.
+    idle_queues: BTreeMap<String, Timestamp>,
 }
 
 impl Checker {
@@ -85,6 +88,7 @@ impl Checker {
         let since = self.last_check.unwrap_or(Timestamp(i64::MIN));
         self.check_hooks(conn, &mut out)?;
         self.check_idle_hooks(conn, now, &mut out)?;
+        self.check_review_queue_moves(conn, config, now, &mut out)?;
         self.check_reviews(conn, config, now, &mut out)?;
         self.check_convoys(conn, &mut out)?;
         self.check_transitions(conn, since, &mut out)?;
@@ -126,6 +130,51 @@ impl Checker {
                 out.push(v(
                     "idle_agent_releases_live_bead",
                     format!("idle agent {} with a stale heartbeat still holds live bead {}", k.0, k.1),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rule 5 is work-conserving: while a rig that reviews code has an open MR
+    /// and a free refinery (idle and unhooked, or none yet), and no URL-less
+    /// review in progress, the oldest MR goes to the refinery on the next tick
+    /// (bug d: PRs that are merely polled do not hold the rig's review slot).
+    /// Not while draining or while the breaker is open.
+    fn check_review_queue_moves(
+        &mut self,
+        conn: &Connection,
+        config: &TownConfig,
+        now: Timestamp,
+        out: &mut Vec<Violation>,
+    ) -> Result<()> {
+        let settings = rig_settings(conn, config)?;
+        let paused = state::drain_state(conn)?.draining || breaker_failures(conn, now)? >= BREAKER_FAILURE_THRESHOLD;
+        let waiting: BTreeSet<String> = if paused {
+            BTreeSet::new()
+        } else {
+            rows(
+                conn,
+                "SELECT DISTINCT m.rig_id FROM beads m JOIN review_metadata r ON r.bead_id = m.bead_id \
+                 WHERE m.type = 'merge_request' AND m.status = 'open' AND r.babysit = 0 AND m.rig_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM beads x JOIN review_metadata xr ON xr.bead_id = x.bead_id \
+                   WHERE x.rig_id = m.rig_id AND x.type = 'merge_request' AND x.status = 'in_progress' AND xr.pr_url IS NULL) \
+                 AND NOT EXISTS (SELECT 1 FROM agent_metadata a WHERE a.role = 'refinery' AND a.rig_id = m.rig_id \
+                   AND (a.status != 'idle' OR a.current_hook_bead_id IS NOT NULL))",
+                [],
+            )?
+            .into_iter()
+            .filter(|rig| settings.get(rig).is_some_and(|s| s.code_review))
+            .collect()
+        };
+        let window = state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
+        self.idle_queues.retain(|rig, _| waiting.contains(rig));
+        for rig in waiting {
+            let since = *self.idle_queues.entry(rig.clone()).or_insert(now);
+            if now.since(since) > window {
+                out.push(v(
+                    "review_queue_moves",
+                    format!("rig {rig} has an open MR and a free refinery, but no review"),
                 ));
             }
         }
@@ -335,6 +384,15 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// Failed dispatches in the breaker's window, as the spec defines them: beads
+/// dispatched more than once, last within 30 min, that have not closed.
+fn breaker_failures(conn: &Connection, now: Timestamp) -> Result<u32> {
+    Ok(conn.prepare_cached(
+        "SELECT COUNT(*) FROM beads WHERE dispatch_attempts > 1 AND last_dispatch_attempt_at > ?1 AND status != 'closed'",
+    )?
+    .query_row([now.minus_ms(BREAKER_WINDOW_MS).0], |r| r.get(0))?)
 }
 
 fn rig_settings(conn: &Connection, config: &TownConfig) -> Result<BTreeMap<String, RigSettings>> {
