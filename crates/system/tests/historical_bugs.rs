@@ -1183,6 +1183,15 @@ fn bug_p_container_status_is_upserted_and_running_never_recorded() {
         [&a],
     );
     assert_eq!(Timestamp(latest), w.now(), "a repeat bumps the pending event's time");
+    // The oracle names a status queued twice (the old behaviour).
+    let dup = "INSERT INTO town_events (event_id, event_type, agent_id, bead_id, payload, created_at) \
+               SELECT event_id || '-again', event_type, agent_id, bead_id, payload, created_at FROM town_events \
+               WHERE event_type = 'container_status' AND processed_at IS NULL AND agent_id = ?1 LIMIT 1";
+    w.sql(dup, [&b]);
+    let now = w.now();
+    let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
+    assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["container_status_upserted"]);
+    w.sql("DELETE FROM town_events WHERE event_id LIKE '%-again'", []);
     let r = w.tick();
     w.check(&r);
     assert_eq!(w.town.pending_event_count().unwrap(), 0);

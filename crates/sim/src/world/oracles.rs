@@ -37,6 +37,8 @@ pub const INVARIANTS: &[&str] = &[
     "terminal_escalations_quiet",
     "events_applied_once",
     "no_running_status_events",
+    "container_status_upserted",
+    "review_and_merge_members_reviewed",
     "dispatch_bounded",
     "polled_mr_not_orphaned",
     "pr_polled_once_a_minute",

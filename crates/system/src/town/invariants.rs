@@ -8,11 +8,12 @@ use super::reconciler::constants::{
     MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
     STALLED_AUTO_IDLE_MS,
 };
+use super::reconciler::review_queue::{REVIEW_OFF_FAST_TRACK, REVIEW_OFF_NO_PR};
 use super::snapshot::TownSnapshot;
 use super::state;
 use super::tick::TickReport;
 use crate::error::Result;
-use crate::model::{AgentStatus, BeadStatus, BeadType, Label, RigSettings, TownConfig};
+use crate::model::{AgentStatus, BeadStatus, BeadType, Label, MergeMode, RigSettings, TownConfig};
 use crate::time::Timestamp;
 use rusqlite::Connection;
 use serde::Serialize;
@@ -337,7 +338,7 @@ impl Checker {
             [],
         )? {
             out.push(v(
-                "no_running_status_events",
+                "container_status_upserted",
                 format!("agent {agent} has duplicate pending container_status events"),
             ));
         }
@@ -466,6 +467,17 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                     ));
                 }
             }
+            // §10.2 #1: review-and-merge convoy members go through the refinery
+            // even where the rig does not review code.
+            Action::TransitionBead { bead_id, reason, .. }
+                if (reason == REVIEW_OFF_FAST_TRACK || reason == REVIEW_OFF_NO_PR)
+                    && review_and_merge_member(s, bead_id) =>
+            {
+                out.push(v(
+                    "review_and_merge_members_reviewed",
+                    format!("MR {bead_id} of a review-and-merge convoy skipped the refinery"),
+                ));
+            }
             Action::MergePr { bead_id, .. } if s.bead(bead_id).is_some_and(|b| b.blocked) => {
                 out.push(v("no_merge_while_blocked", format!("merge of MR {bead_id} while fix-up work blocks it")));
             }
@@ -491,6 +503,13 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
         }
     }
     out
+}
+
+/// Read from the MR's recorded convoy, not through the snapshot's helper
+/// (the thing under test).
+fn review_and_merge_member(s: &TownSnapshot, mr: &str) -> bool {
+    let convoy = s.reviews.get(mr).and_then(|r| r.convoy_id.as_deref());
+    convoy.and_then(|c| s.convoys.get(c)).is_some_and(|c| c.merge_mode == MergeMode::ReviewAndMerge)
 }
 
 /// The alarm may only move later at the end of a tick: any other call that

@@ -128,6 +128,10 @@ fn refinery_needed(s: &TownSnapshot, mr: &SnapBead) -> bool {
         || mr.created_by.as_deref() == Some("system")
 }
 
+/// Why `review_off` moves an MR past the refinery (the oracles know them).
+pub const REVIEW_OFF_FAST_TRACK: &str = "refinery code review disabled — skip to poll_pr";
+pub const REVIEW_OFF_NO_PR: &str = "MR bead has no pr_url and code review is disabled — polecat failed to create PR";
+
 /// code_review = false: MRs with a PR skip the refinery and go to polling
 /// (bug c); MRs without one were left by a polecat that never opened its PR,
 /// so they fail and their source reopens (bug e).
@@ -141,15 +145,10 @@ fn review_off(s: &TownSnapshot, rig: &str, mrs: &[(&SnapBead, &SnapReview)], out
                 &mr.id,
                 Some(BeadStatus::Open),
                 BeadStatus::InProgress,
-                "refinery code review disabled — skip to poll_pr",
+                REVIEW_OFF_FAST_TRACK,
             ));
         } else if mr.created_by.as_deref().is_some_and(|c| c != "system") && !defects::on(Defect::NoOrphanMrCleanup) {
-            out.push(Action::transition_bead(
-                &mr.id,
-                Some(BeadStatus::Open),
-                BeadStatus::Failed,
-                "MR bead has no pr_url and code review is disabled — polecat failed to create PR",
-            ));
+            out.push(Action::transition_bead(&mr.id, Some(BeadStatus::Open), BeadStatus::Failed, REVIEW_OFF_NO_PR));
             let source = s
                 .tracks
                 .get(&mr.id)
@@ -281,6 +280,7 @@ mod tests {
     use super::super::testkit::*;
     use super::*;
     use crate::model::{MergeMode, RigOverrides};
+    use crate::town::invariants::check_actions;
 
     const PR: &str = "https://github.com/acme/app/pull/1";
 
@@ -374,6 +374,12 @@ mod tests {
         let out = k.run(reconcile);
         assert!(transitions(&out).iter().all(|(b, s)| !(*b == "m" && *s == BeadStatus::Failed)));
         assert_eq!(dispatched(&out), vec![(None, "m")]);
+        // The oracle (§10.2 #1) is quiet here and names the old fast-track.
+        assert!(check_actions(&k.s, &out).is_empty());
+        let skipped =
+            Action::transition_bead("m", Some(BeadStatus::Open), BeadStatus::InProgress, REVIEW_OFF_FAST_TRACK);
+        let v = check_actions(&k.s, &[skipped]);
+        assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["review_and_merge_members_reviewed"]);
     }
 
     #[test]
