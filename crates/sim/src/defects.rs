@@ -47,7 +47,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::ContainerStatusNotUpserted, "duplicate-ticks.toml"),
     (Defect::PollKeepsUpdatedAt, "bug-q-poll-refreshes-updated-at.toml"),
     (Defect::InapplicableEventsRetried, "bug-r-failed-events-retried.toml"),
-    (Defect::DeleteAgentReopensReviews, "bug-q-poll-refreshes-updated-at.toml"),
+    (Defect::DeleteAgentReopensReviews, "gc-during-long-review.toml"),
     (Defect::BreakerCountsHealthyDispatches, "steady-state.toml"),
     (Defect::DispatchUnhookedAgent, "bug-f-idle-agent-hooked-to-live-bead.toml"),
     (Defect::HeartbeatRevivesUnhooked, "bug-f-idle-agent-hooked-to-live-bead.toml"),
@@ -74,14 +74,18 @@ pub struct HuntResult {
     /// The earliest failure of the first failing seed.
     pub invariant: Option<String>,
     pub detail: Option<String>,
+    /// Seeds that failed with the defect on but failed again with it off: the
+    /// failure is not the defect's, so the hunt went on. Each is a finding.
+    pub fails_without_defect: Vec<u64>,
     pub wall_seconds: f64,
 }
 
-/// The earliest failure (in simulated time) of the lowest failing seed.
-pub fn first_detection(outcomes: &[SeedOutcome]) -> Option<(u64, &SeedFailure)> {
-    let failing = outcomes.iter().filter(|o| !o.failures.is_empty()).min_by_key(|o| o.seed)?;
-    let first = failing.failures.iter().min_by_key(|f| f.sim_time_ms)?;
-    Some((failing.seed, first))
+/// Every failing seed, lowest first, with its earliest failure (in simulated time).
+pub fn failing_seeds(outcomes: &[SeedOutcome]) -> Vec<(u64, &SeedFailure)> {
+    let mut out: Vec<_> =
+        outcomes.iter().filter_map(|o| o.failures.iter().min_by_key(|f| f.sim_time_ms).map(|f| (o.seed, f))).collect();
+    out.sort_by_key(|(seed, _)| *seed);
+    out
 }
 
 #[cfg(test)]
@@ -113,10 +117,10 @@ mod tests {
     }
 
     #[test]
-    fn first_detection_is_the_lowest_seed_and_its_earliest_failure() {
+    fn failing_seeds_come_lowest_first_with_their_earliest_failure() {
         let runs = [outcome(3, &[("b", 50), ("a", 10)]), outcome(1, &[]), outcome(2, &[("c", 99)])];
-        let (seed, f) = first_detection(&runs).expect("detected");
-        assert_eq!((seed, f.invariant.as_str()), (2, "c"));
-        assert!(first_detection(&[outcome(1, &[])]).is_none());
+        let found: Vec<_> = failing_seeds(&runs).into_iter().map(|(s, f)| (s, f.invariant.as_str())).collect();
+        assert_eq!(found, [(2, "c"), (3, "a")]);
+        assert!(failing_seeds(&[outcome(1, &[])]).is_empty());
     }
 }

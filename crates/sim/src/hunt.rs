@@ -4,7 +4,7 @@
 
 use crate::cli::{progress, run_seeds, wall_now, wall_us_since};
 use gastown::defects::Defect;
-use gastown_sim::defects::{first_detection, scenario_for, HuntResult};
+use gastown_sim::defects::{failing_seeds, scenario_for, HuntResult};
 use gastown_sim::scenario::Scenario;
 use std::path::Path;
 use std::process::ExitCode;
@@ -101,23 +101,33 @@ fn choose(only: &[String]) -> Result<Vec<Defect>, String> {
 }
 
 /// Run the scenario's seeds 1, 2, … in batches of `jobs` with `d` switched on,
-/// stopping after the first batch with a failing seed.
+/// stopping at the first failing seed that passes with the defect off (the
+/// control run): a seed that fails either way found something else.
 fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<HuntResult, String> {
-    gastown::defects::activate(Some(d));
     let start = wall_now();
     let bar = progress(opts.max_seeds, opts.json || opts.markdown);
     bar.set_message(d.name());
     let batch = opts.jobs.max(1) as u64;
     let mut next = 1;
     let mut found = None;
+    let mut fails_without_defect = Vec::new();
     while next <= opts.max_seeds && found.is_none() {
         let seeds: Vec<u64> = (next..=(next + batch - 1).min(opts.max_seeds)).collect();
         next += seeds.len() as u64;
-        let outcomes = run_seeds(sc, &seeds, opts.jobs, &bar)?;
-        found = first_detection(&outcomes).map(|(seed, f)| (seed, f.invariant.clone(), f.detail.clone()));
+        gastown::defects::activate(Some(d));
+        let outcomes = run_seeds(sc, &seeds, opts.jobs, &bar);
+        gastown::defects::activate(None);
+        let outcomes = outcomes?;
+        for (seed, f) in failing_seeds(&outcomes) {
+            let control = run_seeds(sc, &[seed], 1, &indicatif::ProgressBar::hidden())?;
+            if control.iter().all(|o| o.failures.is_empty()) {
+                found = Some((seed, f.invariant.clone(), f.detail.clone()));
+                break;
+            }
+            fails_without_defect.push(seed);
+        }
     }
     bar.finish_and_clear();
-    gastown::defects::activate(None);
     let wall_seconds = wall_us_since(start) as f64 / 1e6;
     Ok(HuntResult {
         name: d.name(),
@@ -127,6 +137,7 @@ fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<
         seeds_to_detect: found.as_ref().map_or(opts.max_seeds, |(s, _, _)| *s),
         invariant: found.as_ref().map(|(_, i, _)| i.clone()),
         detail: found.map(|(_, _, d)| d),
+        fails_without_defect,
         wall_seconds: (wall_seconds * 10.0).round() / 10.0,
     })
 }
@@ -137,7 +148,12 @@ fn text_line(r: &HuntResult) -> String {
     } else {
         format!("MISSED in {} seeds", r.seeds_to_detect)
     };
-    format!("{:<38} {:<44} {verdict} ({:.1} s)", r.name, r.scenario, r.wall_seconds)
+    let also = if r.fails_without_defect.is_empty() {
+        String::new()
+    } else {
+        format!("; seeds {:?} fail without the defect too", r.fails_without_defect)
+    };
+    format!("{:<38} {:<44} {verdict} ({:.1} s){also}", r.name, r.scenario, r.wall_seconds)
 }
 
 fn median(mut v: Vec<u64>) -> f64 {
@@ -166,6 +182,15 @@ fn summary(results: &[HuntResult], max_seeds: u64) -> String {
     )
 }
 
+fn detected_cell(r: &HuntResult) -> String {
+    let verdict = if r.detected { "yes" } else { "**no**" };
+    if r.fails_without_defect.is_empty() {
+        verdict.to_owned()
+    } else {
+        format!("{verdict} (seeds {:?} fail without it)", r.fails_without_defect)
+    }
+}
+
 fn markdown(results: &[HuntResult]) -> String {
     let mut s = String::from(
         "| defect | source | scenario | detected | seeds to detect | invariant | wall s |\n|---|---|---|---|---|---|---|\n",
@@ -176,7 +201,7 @@ fn markdown(results: &[HuntResult]) -> String {
             r.name,
             r.source,
             r.scenario,
-            if r.detected { "yes" } else { "**no**" },
+            detected_cell(r),
             r.seeds_to_detect,
             r.invariant.as_deref().map_or("—".to_owned(), |i| format!("`{i}`")),
             r.wall_seconds

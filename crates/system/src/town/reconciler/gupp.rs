@@ -107,10 +107,22 @@ mod tests {
         assert_eq!(tiers(&kit_with(Some(GUPP_WARN_MS + 1)).run(reconcile)), vec![NudgeTier::Warn]);
         assert_eq!(tiers(&kit_with(Some(GUPP_ESCALATE_MS)).run(reconcile)), vec![NudgeTier::Warn]);
         assert_eq!(tiers(&kit_with(Some(GUPP_ESCALATE_MS + 1)).run(reconcile)), vec![NudgeTier::Escalate]);
+        assert_eq!(tiers(&kit_with(Some(GUPP_FORCE_STOP_MS)).run(reconcile)), vec![NudgeTier::Escalate]);
         let out = kit_with(Some(GUPP_FORCE_STOP_MS + 1)).run(reconcile);
         assert!(matches!(out[0], Action::TransitionAgent { to: AgentStatus::Stalled, .. }));
         assert!(matches!(out[1], Action::StopAgent { .. }));
         assert!(matches!(out[2], Action::CreateTriageRequest { .. }));
+    }
+
+    #[test]
+    fn only_a_long_stall_is_left_to_a2_not_a_long_silent_working_agent() {
+        let mut k = Kit::new();
+        let silent = NOW.minus_ms(STALLED_AUTO_IDLE_MS + 1);
+        let mut a = k.agent_mut("a", AgentStatus::Working, Some("b"), Some(silent));
+        a.last_event_at = Some(silent);
+        k.push_agent(a);
+        let out = k.run(reconcile);
+        assert!(matches!(out[0], Action::TransitionAgent { to: AgentStatus::Stalled, .. }), "{out:?}");
     }
 
     #[test]

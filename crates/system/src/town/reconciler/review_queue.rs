@@ -321,6 +321,9 @@ mod tests {
         }
         k.s.bead_mut("fresh").unwrap().updated_at = k.ago(ORPHANED_PR_REVIEW_TIMEOUT_MS);
         k.review("waiting").awaiting_approval = true;
+        k.mr("reviewed", BeadStatus::InProgress, None, Some(PR));
+        k.s.bead_mut("reviewed").unwrap().updated_at = k.ago(ORPHANED_PR_REVIEW_TIMEOUT_MS + 1);
+        k.refinery("r", AgentStatus::Working, Some("reviewed"), Some(k.ago(1)));
         let out = k.run(reconcile);
         assert_eq!(transitions(&out), vec![("orphan", BeadStatus::Failed)]);
         k.rig_overrides(RigOverrides { code_review: Some(false), ..Default::default() });
@@ -338,10 +341,21 @@ mod tests {
         k.mr("rework", BeadStatus::InProgress, None, None);
         k.s.bead_mut("rework").unwrap().updated_at = k.ago(STUCK_REVIEW_TIMEOUT_MS + 1);
         k.block("rework", "x");
+        k.mr("just_left", BeadStatus::InProgress, None, None);
+        k.s.bead_mut("just_left").unwrap().updated_at = k.ago(ABANDONED_MR_TIMEOUT_MS);
         let out = k.run(reconcile);
         let t = transitions(&out);
         assert!(t.contains(&("stuck", BeadStatus::Open)));
         assert!(t.contains(&("abandoned", BeadStatus::Open)));
+        assert!(!t.iter().any(|(b, _)| *b == "just_left"), "2 min of grace without an agent");
+        let reasons: Vec<&str> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::TransitionBead { bead_id, reason, .. } if bead_id == "stuck" => Some(reason.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasons, ["stuck review, no working agent"], "Rule 3 leaves a hooked MR to Rule 2");
         assert!(!t.iter().any(|(b, _)| *b == "rework"));
         assert_eq!(unhooked(&out), vec!["r"]);
     }
@@ -355,8 +369,12 @@ mod tests {
         k.mr("no_pr", BeadStatus::Open, Some("src"), None);
         k.mr("landing", BeadStatus::Open, None, None);
         k.s.bead_mut("landing").unwrap().created_by = Some("system".into());
+        k.mr("polled", BeadStatus::InProgress, None, Some(PR));
+        k.review("polled").last_poll_at = Some(k.ago(1000));
         let out = k.run(reconcile);
         let t = transitions(&out);
+        assert!(!t.contains(&("landing", BeadStatus::Failed)), "a system landing MR keeps its refinery");
+        assert!(!t.iter().any(|(b, _)| *b == "polled"), "only open MRs are fast-tracked");
         assert!(t.contains(&("with_pr", BeadStatus::InProgress)));
         assert!(t.contains(&("no_pr", BeadStatus::Failed)));
         assert!(t.contains(&("src", BeadStatus::Open)));
@@ -380,6 +398,24 @@ mod tests {
             Action::transition_bead("m", Some(BeadStatus::Open), BeadStatus::InProgress, REVIEW_OFF_FAST_TRACK);
         let v = check_actions(&k.s, &[skipped]);
         assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["review_and_merge_members_reviewed"]);
+    }
+
+    #[test]
+    fn only_babysat_prs_skip_the_refinery() {
+        let mut k = Kit::new();
+        k.mr("plain", BeadStatus::Open, None, Some(PR));
+        k.mr("baby", BeadStatus::Open, None, None);
+        k.review("baby").babysit = true;
+        let out = k.run(reconcile);
+        let skipped: Vec<&str> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::TransitionBead { bead_id, reason, .. } if reason.contains("babysat") => Some(bead_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(skipped.is_empty(), "a plain PR and a babysat MR without a PR go to review: {skipped:?}");
+        assert_eq!(dispatched(&out), vec![(None, "plain")]);
     }
 
     #[test]
