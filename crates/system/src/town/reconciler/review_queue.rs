@@ -447,6 +447,25 @@ mod tests {
     }
 
     #[test]
+    fn rule5_fails_an_mr_at_the_cap_and_waits_for_a_free_refinery() {
+        let mut k = Kit::new();
+        k.refinery("r", AgentStatus::Idle, None, Some(k.ago(1)));
+        k.mr("spent", BeadStatus::Open, None, None);
+        k.s.bead_mut("spent").unwrap().dispatch_attempts = 5;
+        let out = k.run(reconcile);
+        assert!(dispatched(&out).is_empty(), "no refinery for an MR at the rig's cap");
+        assert_eq!(transitions(&out), vec![("spent", BeadStatus::Failed)]);
+
+        for (status, hook) in [(AgentStatus::Working, None), (AgentStatus::Idle, Some("elsewhere"))] {
+            let mut k = Kit::new();
+            k.refinery("r", status, hook, Some(k.ago(1)));
+            k.mr("waiting", BeadStatus::Open, None, None);
+            let out = k.run(reconcile);
+            assert!(dispatched(&out).is_empty(), "a busy refinery ({status:?}, hook {hook:?}) is not popped to");
+        }
+    }
+
+    #[test]
     fn rule6_redispatch_cap_before_cooldown_and_approval_exemption() {
         let mut k = Kit::new();
         k.mr("m", BeadStatus::InProgress, None, Some(PR));
