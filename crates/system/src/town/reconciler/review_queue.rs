@@ -472,6 +472,9 @@ mod tests {
         k.review("m").last_poll_at = Some(k.ago(1));
         k.refinery("r", AgentStatus::Idle, Some("m"), Some(k.ago(1)));
         assert_eq!(dispatched(&k.run(reconcile)), vec![(Some("r"), "m")]);
+        k.s.agents[0].status = AgentStatus::Working;
+        assert!(dispatched(&k.run(reconcile)).is_empty(), "a working refinery is not sent again");
+        k.s.agents[0].status = AgentStatus::Idle;
         k.review("m").awaiting_approval = true;
         assert!(dispatched(&k.run(reconcile)).is_empty());
         k.review("m").awaiting_approval = false;
