@@ -475,6 +475,9 @@ mod tests {
         k.s.agents[0].status = AgentStatus::Working;
         assert!(dispatched(&k.run(reconcile)).is_empty(), "a working refinery is not sent again");
         k.s.agents[0].status = AgentStatus::Idle;
+        k.s.breaker_failures = BREAKER_FAILURE_THRESHOLD;
+        assert!(dispatched(&k.run(reconcile)).is_empty(), "the open breaker pauses Rule 6 too");
+        k.s.breaker_failures = 0;
         k.review("m").awaiting_approval = true;
         assert!(dispatched(&k.run(reconcile)).is_empty());
         k.review("m").awaiting_approval = false;
