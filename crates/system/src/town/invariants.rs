@@ -115,7 +115,6 @@ impl Checker {
     /// (A1 idles it on the tick its heartbeat goes stale), so the state must
     /// persist longer than a tick at either cadence to count.
     fn check_idle_hooks(&mut self, conn: &Connection, now: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
-        let window = state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
         let mut st = conn.prepare_cached(
             "SELECT a.bead_id, a.current_hook_bead_id FROM agent_metadata a JOIN beads b ON b.bead_id = a.current_hook_bead_id \
              WHERE a.status = 'idle' AND a.role != 'mayor' AND b.status IN ('open', 'in_progress') \
@@ -124,15 +123,11 @@ impl Checker {
         let held: BTreeSet<(String, String)> = st
             .query_map([now.minus_ms(HEARTBEAT_STALE_MS).0], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        self.idle_hooks.retain(|k, _| held.contains(k));
-        for k in held {
-            let since = *self.idle_hooks.entry(k.clone()).or_insert(now);
-            if now.since(since) > window {
-                out.push(v(
-                    "idle_agent_releases_live_bead",
-                    format!("idle agent {} with a stale heartbeat still holds live bead {}", k.0, k.1),
-                ));
-            }
+        for k in outlasting(&mut self.idle_hooks, held, now) {
+            out.push(v(
+                "idle_agent_releases_live_bead",
+                format!("idle agent {} with a stale heartbeat still holds live bead {}", k.0, k.1),
+            ));
         }
         Ok(())
     }
@@ -168,16 +163,8 @@ impl Checker {
             .filter(|rig| settings.get(rig).is_some_and(|s| s.code_review))
             .collect()
         };
-        let window = state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
-        self.idle_queues.retain(|rig, _| waiting.contains(rig));
-        for rig in waiting {
-            let since = *self.idle_queues.entry(rig.clone()).or_insert(now);
-            if now.since(since) > window {
-                out.push(v(
-                    "review_queue_moves",
-                    format!("rig {rig} has an open MR and a free refinery, but no review"),
-                ));
-            }
+        for rig in outlasting(&mut self.idle_queues, waiting, now) {
+            out.push(v("review_queue_moves", format!("rig {rig} has an open MR and a free refinery, but no review")));
         }
         Ok(())
     }
@@ -385,6 +372,15 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// Conditions that must not outlast a tick at either cadence: `seen` maps
+/// each condition to when it was first observed; those observed now are
+/// kept (the others cleared) and those older than the window are returned.
+fn outlasting<K: Ord + Clone>(seen: &mut BTreeMap<K, Timestamp>, now_true: BTreeSet<K>, now: Timestamp) -> Vec<K> {
+    let window = state::IDLE_ALARM_INTERVAL_MS + 2 * state::ACTIVE_ALARM_INTERVAL_MS;
+    seen.retain(|k, _| now_true.contains(k));
+    now_true.into_iter().filter(|k| now.since(*seen.entry(k.clone()).or_insert(now)) > window).collect()
 }
 
 /// Failed dispatches in the breaker's window, as the spec defines them: beads
