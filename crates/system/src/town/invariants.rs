@@ -89,13 +89,14 @@ impl Checker {
         let since = self.last_check.unwrap_or(Timestamp(i64::MIN));
         self.check_hooks(conn, &mut out)?;
         self.check_idle_hooks(conn, now, &mut out)?;
-        self.check_review_queue_moves(conn, config, now, &mut out)?;
-        self.check_reviews(conn, config, now, &mut out)?;
+        let settings = rig_settings(conn, config)?;
+        self.check_review_queue_moves(conn, &settings, now, &mut out)?;
+        self.check_reviews(conn, &settings, now, &mut out)?;
         self.check_convoys(conn, &mut out)?;
         self.check_transitions(conn, since, &mut out)?;
         self.check_events(conn, &mut out)?;
         self.check_escalations(conn, &mut out)?;
-        self.check_dispatch_bounds(conn, config, &mut out)?;
+        self.check_dispatch_bounds(conn, &settings, &mut out)?;
         self.last_check = Some(now);
         Ok(out)
     }
@@ -140,11 +141,10 @@ impl Checker {
     fn check_review_queue_moves(
         &mut self,
         conn: &Connection,
-        config: &TownConfig,
+        settings: &Settings,
         now: Timestamp,
         out: &mut Vec<Violation>,
     ) -> Result<()> {
-        let settings = rig_settings(conn, config)?;
         let paused = state::drain_state(conn)?.draining || breaker_failures(conn, now)? >= BREAKER_FAILURE_THRESHOLD;
         let waiting: BTreeSet<String> = if paused {
             BTreeSet::new()
@@ -172,7 +172,7 @@ impl Checker {
     fn check_reviews(
         &self,
         conn: &Connection,
-        config: &TownConfig,
+        settings: &Settings,
         now: Timestamp,
         out: &mut Vec<Violation>,
     ) -> Result<()> {
@@ -228,7 +228,6 @@ impl Checker {
         )? {
             out.push(v("merge_closes_sibling_mrs", format!("MR {mr} is still live although its source merged")));
         }
-        let settings = rig_settings(conn, config)?;
         let mut st = conn.prepare_cached(
             "SELECT m.bead_id, m.rig_id, m.status, r.pr_url, COALESCE(m.created_by, ''), \
              (SELECT COUNT(*) FROM agent_metadata a WHERE a.current_hook_bead_id = m.bead_id AND a.role = 'refinery'), \
@@ -353,8 +352,7 @@ impl Checker {
         Ok(())
     }
 
-    fn check_dispatch_bounds(&self, conn: &Connection, config: &TownConfig, out: &mut Vec<Violation>) -> Result<()> {
-        let settings = rig_settings(conn, config)?;
+    fn check_dispatch_bounds(&self, conn: &Connection, settings: &Settings, out: &mut Vec<Violation>) -> Result<()> {
         let mut st = conn.prepare_cached(
             "SELECT bead_id, rig_id, dispatch_attempts FROM beads WHERE dispatch_attempts > ?1 AND type IN ('issue', 'merge_request')",
         )?;
@@ -392,7 +390,10 @@ fn breaker_failures(conn: &Connection, now: Timestamp) -> Result<u32> {
     .query_row([now.minus_ms(BREAKER_WINDOW_MS).0], |r| r.get(0))?)
 }
 
-fn rig_settings(conn: &Connection, config: &TownConfig) -> Result<BTreeMap<String, RigSettings>> {
+/// Each rig's effective settings, loaded once per check.
+type Settings = BTreeMap<String, RigSettings>;
+
+fn rig_settings(conn: &Connection, config: &TownConfig) -> Result<Settings> {
     Ok(state::list_rigs(conn)?
         .into_iter()
         .map(|r| (r.id, RigSettings::resolve(config, &r.config, DEFAULT_MAX_DISPATCH_ATTEMPTS)))
