@@ -266,7 +266,7 @@ fn print_summary(s: &ScenarioSummary) {
     }
 }
 
-pub fn replay(path: &Path, seed: u64, check: bool) -> ExitCode {
+pub fn replay(path: &Path, seed: u64, check: bool, trace: Option<&Path>) -> ExitCode {
     let sc = match Scenario::load(path) {
         Ok(s) => s,
         Err(e) => {
@@ -274,7 +274,7 @@ pub fn replay(path: &Path, seed: u64, check: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let a = match run_one(&sc, seed, check) {
+    let a = match run_one(&sc, seed, check || trace.is_some()) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
@@ -282,6 +282,12 @@ pub fn replay(path: &Path, seed: u64, check: bool) -> ExitCode {
         }
     };
     out!("{} seed {seed} trace {} ({} ticks, {} failures)", sc.name, a.trace_hash, a.ticks, a.failures.len());
+    if let Some(file) = trace {
+        if let Err(e) = gastown_sim::report::write_trace(file, &a.trace) {
+            eprintln!("cannot write the trace to {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    }
     for f in &a.failures {
         out!("    {} at {} ms: {}", f.invariant, f.sim_time_ms, f.detail);
     }

@@ -63,6 +63,9 @@ enum Command {
         /// Run the seed twice and name the first trace record that differs.
         #[arg(long)]
         check_determinism: bool,
+        /// Write the seed's trace here as JSONL (`{"at_ms", "kind", "body"}` per line), pass or fail.
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// Validate scenario files without running them.
     Check {
@@ -156,7 +159,9 @@ fn main() -> ExitCode {
             };
             cli::run(&scenarios, cli::SeedChoice { seeds, seed, shard }, jobs as usize, &outputs)
         }
-        Command::Replay { scenario, seed, check_determinism } => cli::replay(&scenario, seed, check_determinism),
+        Command::Replay { scenario, seed, check_determinism, trace } => {
+            cli::replay(&scenario, seed, check_determinism, trace.as_deref())
+        }
         Command::Check { scenarios } => cli::check(&scenarios),
         Command::Shrink { scenario, seed, out } => cli::shrink(&scenario, seed, out.as_deref()),
         Command::Merge { reports, json, report_dir } => cli::merge(&reports, json, report_dir.as_deref()),

@@ -108,6 +108,22 @@ fn cli_replay_reproduces_the_trace_hash() {
 }
 
 #[test]
+fn cli_replay_writes_the_trace_of_a_passing_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "tiny.toml", PASSING);
+    let file = dir.path().join("seed3.jsonl");
+    let out = sim(&["replay", good.to_str().unwrap(), "--seed", "3", "--trace", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["kind"] == "tick"), "a run's trace has ticks");
+    assert!(lines.iter().all(|l| l["at_ms"].is_i64() && l["kind"].is_string()), "{body}");
+    let bad = sim(&["replay", good.to_str().unwrap(), "--seed", "3", "--trace", "/nonexistent-dir/x.jsonl"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent-dir/x.jsonl"));
+}
+
+#[test]
 fn cli_shards_together_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(dir.path(), "tiny.toml", PASSING);

@@ -18,14 +18,19 @@ pub fn write_reports(dir: &Path, run: &RunSummary, detail: &[Vec<SeedOutcome>]) 
     for (s, outcomes) in run.scenarios.iter().zip(detail) {
         for o in outcomes.iter().filter(|o| !o.passed() && !o.trace.is_empty()) {
             std::fs::create_dir_all(&traces)?;
-            let mut body = String::new();
-            for line in &o.trace {
-                let _ = writeln!(body, "{}", trace_json(line));
-            }
-            std::fs::write(traces.join(format!("{}-seed{}.jsonl", slug(&s.name), o.seed)), body)?;
+            write_trace(&traces.join(format!("{}-seed{}.jsonl", slug(&s.name), o.seed)), &o.trace)?;
         }
     }
     Ok(())
+}
+
+/// Write one seed's trace as JSONL.
+pub fn write_trace(file: &Path, trace: &[String]) -> std::io::Result<()> {
+    let mut body = String::new();
+    for line in trace {
+        let _ = writeln!(body, "{}", trace_json(line));
+    }
+    std::fs::write(file, body)
 }
 
 /// A trace line is `<ms> <kind> <json>`; as JSONL: `{"at_ms", "kind", "body"}`.

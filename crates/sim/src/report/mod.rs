@@ -5,7 +5,7 @@
 mod files;
 mod html;
 
-pub use files::write_reports;
+pub use files::{write_reports, write_trace};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};

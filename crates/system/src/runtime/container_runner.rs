@@ -136,12 +136,15 @@ impl ContainerRunner {
         self.post_message(agent, text).await == Some(true)
     }
 
-    /// `Some(accepted)`, or `None` when the container does not know the agent.
+    /// `Some(accepted)`, or `None` when the container has no live session for
+    /// the agent: it does not know it (404) or its session ended (409, a
+    /// failed start or a crash). Upstream starts the mayor whenever it is not
+    /// alive in the container, not only when it is unknown there.
     async fn post_message(&self, agent: &str, text: &str) -> Option<bool> {
         let body = MessageBody { prompt: text.to_owned() };
         let r = self.http.post(self.url(&format!("/agents/{agent}/message"))).json(&body).timeout(CONTROL_TIMEOUT);
         match r.send().await {
-            Ok(resp) if resp.status == 404 => None,
+            Ok(resp) if resp.status == 404 || resp.status == 409 => None,
             Ok(resp) => Some(resp.ok()),
             Err(_) => Some(false),
         }

@@ -19,7 +19,16 @@ type Log = Arc<Mutex<Vec<String>>>;
 
 /// A container whose answers the test scripts: `start` decides `/agents/start`,
 /// `status` what `/agents/{id}/status` answers; every request is logged.
+/// Messages are refused with 404 (the container does not know the agent).
 async fn host_with(start: (StatusCode, &'static str), status: StatusCode) -> (Arc<TownHost>, Log, ManualClock) {
+    host_refusing_messages(start, status, StatusCode::NOT_FOUND).await
+}
+
+async fn host_refusing_messages(
+    start: (StatusCode, &'static str),
+    status: StatusCode,
+    message: StatusCode,
+) -> (Arc<TownHost>, Log, ManualClock) {
     let log: Log = Arc::default();
     let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
     let container = Router::new()
@@ -41,7 +50,7 @@ async fn host_with(start: (StatusCode, &'static str), status: StatusCode) -> (Ar
             "/agents/{id}/message",
             post(move || async move {
                 l3.lock().unwrap().push("message".into());
-                (StatusCode::NOT_FOUND, "unknown agent")
+                (message, "no live session")
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,4 +119,20 @@ async fn a_message_for_a_mayor_the_container_lost_starts_it_first() {
     // The stand-in never learns the mayor, so the retried message fails too.
     assert_eq!(out, vec![Outcome::MayorMessage { about_bead: None, delivered: false }]);
     assert_eq!(*log.lock().unwrap(), vec!["message", "start", "message"]);
+}
+
+#[tokio::test]
+async fn a_message_for_a_mayor_whose_session_ended_starts_it_again() {
+    // 409: the container knows the mayor but its session failed or crashed.
+    let (host, log, _) =
+        host_refusing_messages((StatusCode::CREATED, "{}"), StatusCode::OK, StatusCode::CONFLICT).await;
+    let e = Effect::MessageMayor { mayor_id: Some("m1".into()), about_bead: None, text: "hi".into() };
+    host.run_effects(&[e]).await;
+    assert_eq!(*log.lock().unwrap(), vec!["message", "start", "message"]);
+    // Any other refusal is an answer: no start.
+    let (host, log, _) =
+        host_refusing_messages((StatusCode::CREATED, "{}"), StatusCode::OK, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let e = Effect::MessageMayor { mayor_id: Some("m1".into()), about_bead: None, text: "hi".into() };
+    assert_eq!(host.run_effects(&[e]).await, vec![Outcome::MayorMessage { about_bead: None, delivered: false }]);
+    assert_eq!(*log.lock().unwrap(), vec!["message"]);
 }

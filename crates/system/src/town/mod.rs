@@ -699,7 +699,11 @@ fn apply_outcome(cx: &mut Ctx<'_>, o: &Outcome) -> Result<()> {
         }
         Outcome::MayorMessage { about_bead: None, delivered: true } => {
             if let Some(m) = agents::mayor(cx)? {
-                if m.status == AgentStatus::Waiting {
+                // A delivered message means a live session is taking a turn.
+                // `idle` too: a start that gave way to the message's own
+                // start (it found the session still starting) reported a
+                // failure and set the mayor idle meanwhile.
+                if matches!(m.status, AgentStatus::Waiting | AgentStatus::Idle) {
                     agents::set_status(cx, &m.agent_id, AgentStatus::Working)?;
                     cx.conn
                         .prepare_cached("UPDATE agent_metadata SET last_dispatched_at = ?2 WHERE bead_id = ?1")?

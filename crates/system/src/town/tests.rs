@@ -355,3 +355,51 @@ fn reset_agent_makes_the_bead_dispatchable_next_tick() {
     let r = tick(&mut town, &runner);
     assert!(r.actions.iter().any(|a| matches!(a, actions::Action::DispatchAgent { bead_id, .. } if *bead_id == b)));
 }
+
+fn mayor_status(town: &mut Town) -> AgentStatus {
+    town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Mayor).unwrap().status
+}
+
+/// Run a user call's effects through the runner and apply what they report.
+fn run_effects(town: &mut Town, runner: &RecordingRunner, effects: &[Effect]) {
+    let outcomes: Vec<Outcome> = effects.iter().map(|e| runner.outcome_for(e)).collect();
+    town.apply_outcomes(&outcomes).unwrap();
+}
+
+#[test]
+fn a_mayor_whose_start_failed_is_idle_and_the_next_message_starts_it_again() {
+    let (mut town, _clock, _rig) = town();
+    let runner = RecordingRunner::new();
+    runner.fail_all_starts.set(true);
+    let effects = town.send_mayor_message("plan the week").unwrap();
+    assert!(matches!(effects.as_slice(), [Effect::StartAgent(_)]), "an idle mayor is started: {effects:?}");
+    assert_eq!(mayor_status(&mut town), AgentStatus::Working, "working while its start is under way");
+    run_effects(&mut town, &runner, &effects);
+    assert_eq!(mayor_status(&mut town), AgentStatus::Idle, "a failed start leaves no session to be working");
+    assert!(!has_active_work(town.conn(), town.now()).unwrap(), "nothing holds the active cadence");
+
+    runner.fail_all_starts.set(false);
+    let effects = town.send_mayor_message("and now?").unwrap();
+    assert!(matches!(effects.as_slice(), [Effect::StartAgent(_)]), "tried again, not messaged: {effects:?}");
+    run_effects(&mut town, &runner, &effects);
+    assert_eq!(mayor_status(&mut town), AgentStatus::Working);
+}
+
+#[test]
+fn a_delivered_message_wakes_an_idle_or_waiting_mayor_but_a_failed_one_does_not() {
+    let (mut town, _clock, _rig) = town();
+    let runner = RecordingRunner::new();
+    let effects = town.send_mayor_message("hello").unwrap();
+    run_effects(&mut town, &runner, &effects);
+    let mayor = town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Mayor).unwrap().agent_id;
+    for from in [AgentStatus::Waiting, AgentStatus::Idle] {
+        town.conn()
+            .execute("UPDATE agent_metadata SET status = ?2 WHERE bead_id = ?1", rusqlite::params![mayor, from])
+            .unwrap();
+        runner.fail_deliveries.set(true);
+        town.apply_outcomes(&[Outcome::MayorMessage { about_bead: None, delivered: false }]).unwrap();
+        assert_eq!(mayor_status(&mut town), from, "an undelivered message changes nothing");
+        town.apply_outcomes(&[Outcome::MayorMessage { about_bead: None, delivered: true }]).unwrap();
+        assert_eq!(mayor_status(&mut town), AgentStatus::Working, "a delivered message is a turn (from {from})");
+    }
+}
