@@ -70,6 +70,10 @@ pub struct AgentProcessStatus {
     pub active_tools: Vec<String>,
     pub message_count: u32,
     pub exit_reason: Option<String>,
+    /// The session continues an earlier one (the mayor's): it skipped the
+    /// start's initial prompt, which a caller must send as a message instead.
+    #[serde(default)]
+    pub resumed: bool,
 }
 
 /// `GET /health` on the container.

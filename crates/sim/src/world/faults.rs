@@ -2,7 +2,8 @@
 //! per-hour kinds at the seed's sampled rates, plus the scripted timeline),
 //! timers that end or follow up a fault, and the container's life cycle
 //! (drain, crash, restart as a new instance). Nothing new fires at or after
-//! `heal_at`; healing repairs the network, ends outages and stops the dice.
+//! `heal_at`; healing repairs the network, ends outages, stops the dice and
+//! takes the agents' own faults away (sessions already hung stay hung).
 
 use super::config::WorldConfig;
 use super::hosts::{lock, OWNER};
@@ -367,6 +368,7 @@ impl World {
     pub(crate) fn heal(&mut self, sim: &mut turmoil::Sim<'_>) {
         self.healed = true;
         lock(&self.sh.dice).active = false;
+        self.sh.agents_healed.store(true, std::sync::atomic::Ordering::Relaxed);
         {
             let mut ctl = lock(&self.sh.town_ctl);
             ctl.overlap_next = false;

@@ -129,6 +129,8 @@ pub struct Shared {
     /// Bumped at every tick phase: a step without a change saw no tick.
     pub tick_starts: Mutex<u64>,
     pub workload_done: Mutex<bool>,
+    /// Set at the heal: the agents' own faults stop too (every container's runtime shares it).
+    pub agents_healed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -152,6 +154,7 @@ impl Shared {
             squash_disabled,
             tick_starts: Mutex::new(0),
             workload_done: Mutex::new(false),
+            agents_healed: Arc::default(),
         })
     }
 
@@ -495,7 +498,11 @@ pub fn container_host(sim: &mut turmoil::Sim<'_>, sh: Arc<Shared>) {
                 container_token: signer.container_token(TOWN_ID, now),
             });
             let opener = Arc::new(ForgePrOpener { sh: sh.clone(), http: http() });
-            let runtime = Arc::new(ScriptedRuntime::new(sh.script.clone()).with_pr_opener(opener));
+            let runtime = Arc::new(
+                ScriptedRuntime::new(sh.script.clone())
+                    .with_pr_opener(opener)
+                    .with_heal_switch(Arc::clone(&sh.agents_healed)),
+            );
             let clock = Arc::new(TokioClock::new(now));
             let c = Container::over_http(cfg, clock, Arc::new(TurmoilConnector), runtime);
             c.boot();

@@ -22,7 +22,7 @@ use crate::wire::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -249,17 +249,45 @@ impl Default for ScriptConfig {
 /// Creates [`ScriptedAgent`]s. Each session's RNG is derived from the
 /// configured seed, the agent id and the session's generation, so a run is
 /// reproducible from its seed.
+impl ScriptConfig {
+    /// The same agents with their faults taken away: no failed or slow
+    /// starts, crashes, hangs, forgotten PRs or `gt_done`s, or second
+    /// `gt_done`s. Work and review behaviour stay as they were.
+    pub fn without_faults(&self) -> ScriptConfig {
+        let fast = ScriptConfig::default().start_ms.1;
+        ScriptConfig {
+            start_ms: (self.start_ms.0.min(fast), self.start_ms.1.min(fast)),
+            p_start_failure: 0.0,
+            p_done: 1.0,
+            p_open_pr: 1.0,
+            p_done_twice: 0.0,
+            p_crash: 0.0,
+            p_hang: 0.0,
+            ..self.clone()
+        }
+    }
+}
+
 pub struct ScriptedRuntime {
     pub config: ScriptConfig,
     pub pr: Arc<dyn PrOpener>,
+    /// Once set, sessions misbehave no more from their next start or turn on
+    /// (the simulator's heal: after it no new fault may fire). A turn under
+    /// way keeps its fate: a session already hung stays hung.
+    pub heal: Arc<AtomicBool>,
 }
 
 impl ScriptedRuntime {
     pub fn new(config: ScriptConfig) -> Self {
-        ScriptedRuntime { config, pr: Arc::new(PatternPrOpener::default()) }
+        ScriptedRuntime { config, pr: Arc::new(PatternPrOpener::default()), heal: Arc::default() }
     }
     pub fn with_pr_opener(mut self, pr: Arc<dyn PrOpener>) -> Self {
         self.pr = pr;
+        self
+    }
+    /// Share the heal switch (it outlives containers: each boot builds a runtime).
+    pub fn with_heal_switch(mut self, heal: Arc<AtomicBool>) -> Self {
+        self.heal = heal;
         self
     }
 }
@@ -277,6 +305,7 @@ impl AgentRuntime for ScriptedRuntime {
             pr: Arc::clone(&self.pr),
             rng: SmallRng::seed_from_u64(seed),
             turns: 0,
+            heal: Arc::clone(&self.heal),
         })
     }
 }
@@ -287,6 +316,7 @@ pub struct ScriptedAgent {
     pr: Arc<dyn PrOpener>,
     rng: SmallRng,
     turns: u32,
+    heal: Arc<AtomicBool>,
 }
 
 enum Fate {
@@ -301,6 +331,12 @@ impl ScriptedAgent {
             lo
         } else {
             self.rng.random_range(lo..=hi)
+        }
+    }
+    /// Called as a start or a turn begins: after the heal, no new fault.
+    fn follow_heal(&mut self) {
+        if self.heal.load(Ordering::Relaxed) {
+            self.config = self.config.without_faults();
         }
     }
     fn chance(&mut self, p: f64) -> bool {
@@ -434,6 +470,7 @@ impl ScriptedAgent {
 impl Agent for ScriptedAgent {
     fn start<'a>(&'a mut self, _io: &'a AgentIo) -> SendFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            self.follow_heal();
             let d = self.ms(self.config.start_ms);
             tokio::time::sleep(Duration::from_millis(d)).await;
             if self.chance(self.config.p_start_failure) {
@@ -445,6 +482,7 @@ impl Agent for ScriptedAgent {
 
     fn turn<'a>(&'a mut self, io: &'a AgentIo, prompt: &'a str) -> SendFuture<'a, TurnEnd> {
         Box::pin(async move {
+            self.follow_heal();
             self.turns += 1;
             // A resumed mayor's first turn is a message, not the initial prompt.
             let first = self.turns == 1 && (io.role() != AgentRole::Mayor || prompt == io.request().agent.prompt);
@@ -509,6 +547,35 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_heal_new_starts_and_turns_misbehave_no_more() {
+        use super::super::tests::{quick_script, request, sleep_s, T0};
+        use super::super::{fake_town::FakeTown, ContainerConfig, TownCall};
+        let script = ScriptConfig { p_start_failure: 1.0, p_done: 0.0, p_hang: 1.0, ..quick_script() };
+        let heal = Arc::new(AtomicBool::new(false));
+        let runtime = ScriptedRuntime::new(script).with_heal_switch(Arc::clone(&heal));
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::time::TokioClock::new(Timestamp(T0)));
+        let town = FakeTown::new();
+        let c = Container::new(ContainerConfig::new(dir.path(), "inst-1"), clock, town.clone(), Arc::new(runtime));
+        assert!(c.start(request("p0", AgentRole::Polecat)).await.is_err(), "every start fails before the heal");
+        heal.store(true, Ordering::Relaxed);
+        c.start(request("p1", AgentRole::Polecat)).await.expect("no failed start after the heal");
+        sleep_s(40).await;
+        let done: Vec<String> = town
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                TownCall::Done(a, b) => Some(format!("{} {}", a.agent_id, b.pr_url.is_some())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, vec!["p1 true"], "no hang, no forgotten gt_done or PR");
+        let healed = ScriptConfig { start_ms: (100, 90_000), p_done_twice: 1.0, p_crash: 1.0, ..quick_script() };
+        let h = healed.without_faults();
+        assert_eq!((h.start_ms, h.p_done_twice, h.p_crash, h.work_ms), ((100, 2_000), 0.0, 0.0, healed.work_ms));
     }
 
     #[tokio::test(start_paused = true)]

@@ -225,6 +225,7 @@ impl AgentRecord {
             active_tools: self.active_tools.clone(),
             message_count: self.message_count,
             exit_reason: self.exit_reason.clone(),
+            resumed: self.resumed,
         }
     }
 }

@@ -151,7 +151,7 @@ mod tests {
     async fn hydration_then_resume_does_not_repeat_the_initial_prompt() {
         let town = FakeTown::new();
         let a = rig_with(quick_script(), town.clone(), |_| {});
-        a.c.start(request("m1", AgentRole::Mayor)).await.unwrap();
+        assert!(!a.c.start(request("m1", AgentRole::Mayor)).await.unwrap().resumed, "a first session is fresh");
         sleep_s(2).await;
         a.c.send_message("m1", "status?").unwrap();
         sleep_s(2).await;
@@ -163,7 +163,7 @@ mod tests {
         // A new container on a fresh disk hydrates from the town and resumes.
         let b = rig_with(quick_script(), town.clone(), |_| {});
         let s = b.c.start(request("m1", AgentRole::Mayor)).await.unwrap();
-        assert_eq!(s.message_count, 0, "nothing re-sent");
+        assert_eq!((s.message_count, s.resumed), (0, true), "nothing re-sent, and the caller is told so");
         sleep_s(5).await;
         let after = b.c.session_turns("m1");
         assert_eq!(after, before, "history intact, initial prompt once");

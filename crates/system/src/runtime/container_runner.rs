@@ -7,7 +7,7 @@ use crate::auth::Signer;
 use crate::net::{HttpClient, SendFuture};
 use crate::time::Clock;
 use crate::town::effects::{Effect, Outcome, StartAgent};
-use crate::wire::{MessageBody, StartAgentRequest};
+use crate::wire::{AgentProcessStatus, MessageBody, StartAgentRequest};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,9 +15,6 @@ use std::time::Duration;
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Stops and messages are best effort and short.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The first prompt of a mayor started only to take a message.
-pub const MAYOR_READY: &str = "Mayor ready. Waiting for instructions.";
 
 /// Runs `PollPr` / `MergePr` effects.
 pub trait PrEffects: Send + Sync {
@@ -109,6 +106,18 @@ impl ContainerRunner {
     /// `POST /agents/start`. "Already running" counts as started (a timeout
     /// may have hidden an earlier success).
     async fn start(&self, s: &StartAgent) -> Outcome {
+        let error = self.post_start(s).await.err();
+        Outcome::AgentStart {
+            agent_id: s.agent_id.clone(),
+            bead_id: s.bead_id.clone(),
+            started: error.is_none(),
+            error,
+        }
+    }
+
+    /// `POST /agents/start`: the session's status when the container sent it,
+    /// `None` when it answered that the agent was already running.
+    async fn post_start(&self, s: &StartAgent) -> Result<Option<AgentProcessStatus>, String> {
         let now = self.clock.now();
         let req = StartAgentRequest {
             agent: s.clone(),
@@ -118,17 +127,11 @@ impl ContainerRunner {
             container_token: self.signer.container_token(&self.town_id, now),
         };
         let r = self.http.post(self.url("/agents/start")).json(&req).timeout(START_TIMEOUT).send().await;
-        let error = match r {
-            Ok(resp) if resp.ok() => None,
-            Ok(resp) if resp.status == 500 && resp.text().contains("already running") => None,
-            Ok(resp) => Some(format!("container answered {}: {}", resp.status, truncate(&resp.text(), 300))),
-            Err(e) => Some(e.to_string()),
-        };
-        Outcome::AgentStart {
-            agent_id: s.agent_id.clone(),
-            bead_id: s.bead_id.clone(),
-            started: error.is_none(),
-            error,
+        match r {
+            Ok(resp) if resp.ok() => Ok(resp.json().ok()),
+            Ok(resp) if resp.status == 500 && resp.text().contains("already running") => Ok(None),
+            Ok(resp) => Err(format!("container answered {}: {}", resp.status, truncate(&resp.text(), 300))),
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -150,31 +153,32 @@ impl ContainerRunner {
         }
     }
 
-    /// A message for the mayor. A container that does not know the mayor
-    /// (it was replaced since) gets the mayor started first, resuming its
-    /// stored session, and then the message, so the message becomes a turn
-    /// of the resumed conversation rather than an initial prompt a resumed
-    /// session would skip.
+    /// A message for the mayor. A container with no live mayor session
+    /// (it does not know the mayor, or the session ended) gets the mayor
+    /// started with the message as its prompt. A fresh session takes it as its
+    /// first turn; a resumed one skips initial prompts, so the message follows
+    /// as a turn of the resumed conversation.
     async fn message_mayor(&self, mayor: &str, text: &str) -> bool {
-        match self.post_message(mayor, text).await {
-            Some(accepted) => accepted,
-            None => {
-                let start = StartAgent {
-                    agent_id: mayor.to_owned(),
-                    bead_id: String::new(),
-                    rig_id: format!("mayor-{}", self.town_id),
-                    role: crate::model::AgentRole::Mayor,
-                    name: "mayor".into(),
-                    identity: format!("mayor-{}", self.town_id),
-                    prompt: MAYOR_READY.into(),
-                    branch: None,
-                    target_branch: None,
-                    start_point: None,
-                    pr_url: None,
-                };
-                matches!(self.start(&start).await, Outcome::AgentStart { started: true, .. })
-                    && self.message(mayor, text).await
-            }
+        if let Some(accepted) = self.post_message(mayor, text).await {
+            return accepted;
+        }
+        let start = StartAgent {
+            agent_id: mayor.to_owned(),
+            bead_id: String::new(),
+            rig_id: format!("mayor-{}", self.town_id),
+            role: crate::model::AgentRole::Mayor,
+            name: "mayor".into(),
+            identity: format!("mayor-{}", self.town_id),
+            prompt: text.to_owned(),
+            branch: None,
+            target_branch: None,
+            start_point: None,
+            pr_url: None,
+        };
+        match self.post_start(&start).await {
+            Ok(Some(status)) if !status.resumed => true,
+            Ok(_) => self.message(mayor, text).await,
+            Err(_) => false,
         }
     }
 }

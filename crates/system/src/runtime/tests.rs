@@ -136,3 +136,23 @@ async fn a_message_for_a_mayor_whose_session_ended_starts_it_again() {
     assert_eq!(host.run_effects(&[e]).await, vec![Outcome::MayorMessage { about_bead: None, delivered: false }]);
     assert_eq!(*log.lock().unwrap(), vec!["message"]);
 }
+
+#[tokio::test]
+async fn a_mayor_started_fresh_takes_the_message_as_its_prompt_and_a_resumed_one_as_a_turn() {
+    const FRESH: &str = r#"{"agent_id":"m1","status":"running","session_id":"s1","started_at":1,"last_activity_at":null,"message_count":1,"exit_reason":null,"resumed":false}"#;
+    const RESUMED: &str = r#"{"agent_id":"m1","status":"running","session_id":"s1","started_at":1,"last_activity_at":null,"message_count":0,"exit_reason":null,"resumed":true}"#;
+    let e = || Effect::MessageMayor { mayor_id: Some("m1".into()), about_bead: None, text: "hi".into() };
+    let (host, log, _) =
+        host_refusing_messages((StatusCode::CREATED, FRESH), StatusCode::OK, StatusCode::NOT_FOUND).await;
+    assert_eq!(host.run_effects(&[e()]).await, vec![Outcome::MayorMessage { about_bead: None, delivered: true }]);
+    assert_eq!(*log.lock().unwrap(), vec!["message", "start"], "the start's prompt was the message");
+    let (host, log, _) =
+        host_refusing_messages((StatusCode::CREATED, RESUMED), StatusCode::OK, StatusCode::NOT_FOUND).await;
+    host.run_effects(&[e()]).await;
+    assert_eq!(*log.lock().unwrap(), vec!["message", "start", "message"], "a resumed session skipped it");
+    let (host, log, _) =
+        host_refusing_messages((StatusCode::INTERNAL_SERVER_ERROR, "boom"), StatusCode::OK, StatusCode::NOT_FOUND)
+            .await;
+    assert_eq!(host.run_effects(&[e()]).await, vec![Outcome::MayorMessage { about_bead: None, delivered: false }]);
+    assert_eq!(*log.lock().unwrap(), vec!["message", "start"], "no message after a failed start");
+}

@@ -587,8 +587,15 @@ impl Town {
 
     // ---------------- the mayor ----------------
 
-    /// A user message for the mayor: ensures the mayor exists; starts it if it
-    /// is not running, else delivers the message.
+    /// A user message for the mayor: ensures the mayor exists and delivers the
+    /// message. A mayor that is not `working` or `waiting` has no session the
+    /// town knows of: it becomes `working` now, and the runner starts it
+    /// (with the standard ready prompt) when the container has no live
+    /// session, then sends the message as a turn of its own. Starting it with
+    /// the message as the initial prompt lost the message whenever the
+    /// session resumed (the mayor always resumes its latest session, and a
+    /// resumed session skips the initial prompt), leaving the mayor
+    /// `working` for good.
     pub fn send_mayor_message(&mut self, message: &str) -> Result<Vec<Effect>> {
         let town_id = self.town_id.clone();
         self.tx(|cx| {
@@ -598,32 +605,15 @@ impl Town {
             let mayor = agents::get_or_create(cx, AgentRole::Mayor, None, &town_id)?;
             let m = agents::get(cx, &mayor)?;
             state::arm_if_needed(cx.conn, cx.now)?;
-            if matches!(m.status, AgentStatus::Working | AgentStatus::Waiting) {
-                return Ok(vec![Effect::MessageMayor {
-                    mayor_id: Some(mayor),
-                    about_bead: None,
-                    text: message.to_owned(),
-                }]);
+            if !matches!(m.status, AgentStatus::Working | AgentStatus::Waiting) {
+                agents::set_status(cx, &mayor, AgentStatus::Working)?;
+                cx.conn
+                    .prepare_cached(
+                        "UPDATE agent_metadata SET last_activity_at = ?2, last_dispatched_at = ?2 WHERE bead_id = ?1",
+                    )?
+                    .execute(rusqlite::params![mayor, cx.now.0])?;
             }
-            agents::set_status(cx, &mayor, AgentStatus::Working)?;
-            cx.conn
-                .prepare_cached(
-                    "UPDATE agent_metadata SET last_activity_at = ?2, last_dispatched_at = ?2 WHERE bead_id = ?1",
-                )?
-                .execute(rusqlite::params![mayor, cx.now.0])?;
-            Ok(vec![Effect::StartAgent(effects::StartAgent {
-                agent_id: mayor.clone(),
-                bead_id: String::new(),
-                rig_id: format!("mayor-{town_id}"),
-                role: AgentRole::Mayor,
-                name: m.name,
-                identity: m.identity,
-                prompt: message.to_owned(),
-                branch: None,
-                target_branch: None,
-                start_point: None,
-                pr_url: None,
-            })])
+            Ok(vec![Effect::MessageMayor { mayor_id: Some(mayor), about_bead: None, text: message.to_owned() }])
         })
     }
 
@@ -697,12 +687,22 @@ fn apply_outcome(cx: &mut Ctx<'_>, o: &Outcome) -> Result<()> {
             }
             Ok(())
         }
+        // An undelivered message started no turn: a `working` mayor would
+        // otherwise stay so for good (the mayor has no heartbeat rules), and
+        // hold the town on the active cadence. A turn already under way only
+        // loses its `working` badge; the next delivered message restores it.
+        Outcome::MayorMessage { about_bead: None, delivered: false } => {
+            if let Some(m) = agents::mayor(cx)? {
+                if m.status == AgentStatus::Working {
+                    agents::set_status(cx, &m.agent_id, AgentStatus::Idle)?;
+                }
+            }
+            Ok(())
+        }
         Outcome::MayorMessage { about_bead: None, delivered: true } => {
             if let Some(m) = agents::mayor(cx)? {
-                // A delivered message means a live session is taking a turn.
-                // `idle` too: a start that gave way to the message's own
-                // start (it found the session still starting) reported a
-                // failure and set the mayor idle meanwhile.
+                // A delivered message means a live session is taking a turn,
+                // also when an earlier undelivered one set the mayor `idle`.
                 if matches!(m.status, AgentStatus::Waiting | AgentStatus::Idle) {
                     agents::set_status(cx, &m.agent_id, AgentStatus::Working)?;
                     cx.conn

@@ -9,7 +9,7 @@ use super::effects::{Effect, StartAgent};
 use super::state;
 use crate::defects::{self, Defect};
 use crate::error::Result;
-use crate::model::{AgentRole, AgentStatus, BeadStatus, BeadType, MergeMode};
+use crate::model::{AgentRole, BeadStatus, BeadType, MergeMode};
 use rusqlite::{params, OptionalExtension};
 
 /// Mark the dispatch in state and build the start request. Counters go up on
@@ -97,24 +97,18 @@ pub fn begin_dispatch(cx: &mut Ctx<'_>, agent_id: &str, bead_id: &str) -> Result
 }
 
 /// The container answered a start. A started non-refinery agent's counter is
-/// reset (refineries keep theirs, #1342). A failed start leaves a polecat or
-/// refinery `working`: a timeout can hide a real start, and the heartbeat rules
-/// sort it out. The mayor has no heartbeat rules, so a mayor whose start failed
-/// goes back to `idle` (upstream sets it `working` only once started): left
-/// `working` it held the town on the active cadence and took every later
-/// message as a delivery to a session that did not exist.
+/// reset (refineries keep theirs, #1342). A failed start leaves the agent
+/// `working`: a timeout can hide a real start, and the heartbeat rules sort it out.
 pub fn on_start_result(cx: &Ctx<'_>, agent_id: &str, started: bool) -> Result<()> {
-    let Some(a) = agents::find(cx, agent_id)? else { return Ok(()) };
     if !started {
-        if a.role == AgentRole::Mayor && a.status == AgentStatus::Working {
-            agents::set_status(cx, agent_id, AgentStatus::Idle)?;
-        }
         return Ok(());
     }
-    if a.role != AgentRole::Refinery {
-        cx.conn
-            .prepare_cached("UPDATE agent_metadata SET dispatch_attempts = 0 WHERE bead_id = ?1")?
-            .execute([agent_id])?;
+    if let Some(a) = agents::find(cx, agent_id)? {
+        if a.role != AgentRole::Refinery {
+            cx.conn
+                .prepare_cached("UPDATE agent_metadata SET dispatch_attempts = 0 WHERE bead_id = ?1")?
+                .execute([agent_id])?;
+        }
     }
     Ok(())
 }

@@ -367,20 +367,24 @@ fn run_effects(town: &mut Town, runner: &RecordingRunner, effects: &[Effect]) {
 }
 
 #[test]
-fn a_mayor_whose_start_failed_is_idle_and_the_next_message_starts_it_again() {
+fn a_message_the_mayor_never_got_leaves_it_idle_and_the_next_one_is_sent_again() {
     let (mut town, _clock, _rig) = town();
     let runner = RecordingRunner::new();
-    runner.fail_all_starts.set(true);
+    runner.fail_deliveries.set(true);
     let effects = town.send_mayor_message("plan the week").unwrap();
-    assert!(matches!(effects.as_slice(), [Effect::StartAgent(_)]), "an idle mayor is started: {effects:?}");
-    assert_eq!(mayor_status(&mut town), AgentStatus::Working, "working while its start is under way");
+    // Never a start carrying the message as its prompt: a resumed session skips it.
+    assert!(
+        matches!(effects.as_slice(), [Effect::MessageMayor { mayor_id: Some(_), about_bead: None, text }] if text == "plan the week"),
+        "{effects:?}"
+    );
+    assert_eq!(mayor_status(&mut town), AgentStatus::Working, "working while the message is on its way");
     run_effects(&mut town, &runner, &effects);
-    assert_eq!(mayor_status(&mut town), AgentStatus::Idle, "a failed start leaves no session to be working");
+    assert_eq!(mayor_status(&mut town), AgentStatus::Idle, "no session took the message");
     assert!(!has_active_work(town.conn(), town.now()).unwrap(), "nothing holds the active cadence");
 
-    runner.fail_all_starts.set(false);
+    runner.fail_deliveries.set(false);
     let effects = town.send_mayor_message("and now?").unwrap();
-    assert!(matches!(effects.as_slice(), [Effect::StartAgent(_)]), "tried again, not messaged: {effects:?}");
+    assert!(matches!(effects.as_slice(), [Effect::MessageMayor { .. }]), "{effects:?}");
     run_effects(&mut town, &runner, &effects);
     assert_eq!(mayor_status(&mut town), AgentStatus::Working);
 }
