@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Re-apply the cargo-mutants survivors of reports/harness-power.md by hand and
-check that the unit tests now kill each one.
+check that the unit tests now kill each one (paths are relative to
+crates/system/src/town).
 
 Faster than a cargo-mutants run (no copy of the tree, the warm test build is
 reused). Each mutant is one textual edit of a source line; the file is
@@ -13,29 +14,34 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RECONCILER = ROOT / "crates/system/src/town/reconciler"
+TOWN = ROOT / "crates/system/src/town"
 
 # (file, text on the mutated line, its replacement, unit-test filter)
 SURVIVORS = [
-    ("gupp.rs", "a.status == AgentStatus::Stalled && stale", "a.status == AgentStatus::Stalled || stale", "gupp"),
-    ("gupp.rs", "elapsed > GUPP_FORCE_STOP_MS", "elapsed >= GUPP_FORCE_STOP_MS", "gupp"),
-    ("review_queue.rs", "r.pr_url.is_some() && r.babysit", "r.pr_url.is_some() || r.babysit", "review_queue"),
-    ("review_queue.rs", "!s.agents_hooked_to(mr).any(", "true || !s.agents_hooked_to(mr).any(", "review_queue"),
-    ("review_queue.rs", "ABANDONED_MR_TIMEOUT_MS) && s.agents_hooked_to", "ABANDONED_MR_TIMEOUT_MS) || s.agents_hooked_to", "review_queue"),
-    ("review_queue.rs", "mr.status != BeadStatus::Open || mr.rig_id", "mr.status != BeadStatus::Open && mr.rig_id", "review_queue"),
-    ("review_queue.rs", "mr.rig_id.as_deref() != Some(rig) || s.in_review", "mr.rig_id.as_deref() != Some(rig) && s.in_review", "review_queue"),
-    ("review_queue.rs", 'c != "system") && !defects', 'c != "system") || !defects', "review_queue"),
-    ("review_queue.rs", "&& !defects::on(Defect::Rule5IgnoresCap)", "&& defects::on(Defect::Rule5IgnoresCap)", "review_queue"),
-    ("review_queue.rs", "r.status != AgentStatus::Idle || r.hook.is_some()", "r.status != AgentStatus::Idle && r.hook.is_some()", "review_queue"),
-    ("review_queue.rs", "a.role == AgentRole::Refinery && a.status == AgentStatus::Idle", "a.role == AgentRole::Refinery || a.status == AgentStatus::Idle", "review_queue"),
-    ("review_queue.rs", "mr.last_dispatch_attempt_at) || breaker", "mr.last_dispatch_attempt_at) && breaker", "review_queue"),
+    ("reconciler/gupp.rs", "a.status == AgentStatus::Stalled && stale", "a.status == AgentStatus::Stalled || stale", "gupp"),
+    ("reconciler/gupp.rs", "elapsed > GUPP_FORCE_STOP_MS", "elapsed >= GUPP_FORCE_STOP_MS", "gupp"),
+    ("reconciler/review_queue.rs", "r.pr_url.is_some() && r.babysit", "r.pr_url.is_some() || r.babysit", "review_queue"),
+    ("reconciler/review_queue.rs", "!s.agents_hooked_to(mr).any(", "true || !s.agents_hooked_to(mr).any(", "review_queue"),
+    ("reconciler/review_queue.rs", "ABANDONED_MR_TIMEOUT_MS) && s.agents_hooked_to", "ABANDONED_MR_TIMEOUT_MS) || s.agents_hooked_to", "review_queue"),
+    ("reconciler/review_queue.rs", "mr.status != BeadStatus::Open || mr.rig_id", "mr.status != BeadStatus::Open && mr.rig_id", "review_queue"),
+    ("reconciler/review_queue.rs", "mr.rig_id.as_deref() != Some(rig) || s.in_review", "mr.rig_id.as_deref() != Some(rig) && s.in_review", "review_queue"),
+    ("reconciler/review_queue.rs", 'c != "system") && !defects', 'c != "system") || !defects', "review_queue"),
+    ("reconciler/review_queue.rs", "&& !defects::on(Defect::Rule5IgnoresCap)", "&& defects::on(Defect::Rule5IgnoresCap)", "review_queue"),
+    ("reconciler/review_queue.rs", "r.status != AgentStatus::Idle || r.hook.is_some()", "r.status != AgentStatus::Idle && r.hook.is_some()", "review_queue"),
+    ("reconciler/review_queue.rs", "a.role == AgentRole::Refinery && a.status == AgentStatus::Idle", "a.role == AgentRole::Refinery || a.status == AgentStatus::Idle", "review_queue"),
+    ("reconciler/review_queue.rs", "mr.last_dispatch_attempt_at) || breaker", "mr.last_dispatch_attempt_at) && breaker", "review_queue"),
+    # shard 0/3: the actions module had no tests of its own
+    ("actions.rs", "(*to == BeadStatus::Failed)", "(*to != BeadStatus::Failed)", "town::actions"),
+    ("actions.rs", "if bead.bead_type == BeadType::MergeRequest {\n                let babysit", "if bead.bead_type != BeadType::MergeRequest {\n                let babysit", "town::actions"),
+    ("actions.rs", "fn apply_merge(cx: &mut Ctx<'_>, mr: &str, pr_url: &str) -> Result<Option<Effect>> {", "fn apply_merge(cx: &mut Ctx<'_>, mr: &str, pr_url: &str) -> Result<Option<Effect>> {\n    return Ok(None);", "town::actions"),
+    ("actions.rs", "if !rig_repo.eq_ignore_ascii_case(pr_repo)", "if rig_repo.eq_ignore_ascii_case(pr_repo)", "town::actions"),
 ]
 
 
 def main() -> int:
     survived = 0
     for name, old, new, tests in SURVIVORS:
-        path = RECONCILER / name
+        path = TOWN / name
         src = path.read_text()
         if src.count(old) != 1:
             print(f"STALE  {name}: {old!r} occurs {src.count(old)} times; update this list")

@@ -372,3 +372,112 @@ fn apply_merge(cx: &mut Ctx<'_>, mr: &str, pr_url: &str) -> Result<Option<Effect
     }
     Ok(Some(Effect::MergePr { mr_bead_id: mr.to_owned(), pr_url: pr_url.to_owned() }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::town::tests::town;
+    use crate::town::{SlingBead, Town};
+
+    fn apply_one(town: &mut Town, action: &Action) -> Result<Option<Effect>> {
+        town.tx(|cx| apply(cx, "town-1", action))
+    }
+
+    /// A slung issue with its polecat, and an MR for it carrying `pr_url`.
+    fn issue_and_mr(town: &mut Town, rig: &str, pr_url: &str) -> (String, String) {
+        let slung =
+            town.sling_bead(SlingBead { rig_id: rig.into(), title: "x".into(), ..Default::default() }).unwrap().0;
+        let agent = slung.agent_id.unwrap();
+        let mr = town.submit_to_review_queue(&agent, &slung.bead_id, "gt/x", Some(pr_url), None).unwrap();
+        (slung.bead_id, mr)
+    }
+
+    fn auto_merge_pending(town: &Town, mr: &str) -> bool {
+        town.conn()
+            .query_row("SELECT auto_merge_pending FROM review_metadata WHERE bead_id = ?1", [mr], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn merge_of_the_rigs_own_pr_becomes_a_merge_effect_whatever_the_case() {
+        let (mut town, _clock, rig) = town();
+        for url in ["https://github.com/acme/app/pull/7", "https://github.com/ACME/App/pull/8"] {
+            let (_, mr) = issue_and_mr(&mut town, &rig, url);
+            let out = apply_one(&mut town, &Action::MergePr { bead_id: mr.clone(), pr_url: url.into() }).unwrap();
+            assert_eq!(out, Some(Effect::MergePr { mr_bead_id: mr, pr_url: url.into() }));
+        }
+    }
+
+    #[test]
+    fn merge_of_a_foreign_repos_pr_is_refused_and_stops_auto_merge() {
+        let (mut town, _clock, rig) = town();
+        let url = "https://github.com/evil/app/pull/1";
+        let (_, mr) = issue_and_mr(&mut town, &rig, url);
+        town.conn().execute("UPDATE review_metadata SET auto_merge_pending = 1 WHERE bead_id = ?1", [&mr]).unwrap();
+        let out = apply_one(&mut town, &Action::MergePr { bead_id: mr.clone(), pr_url: url.into() }).unwrap();
+        assert!(
+            matches!(&out, Some(Effect::Analytics { name, .. }) if name == "merge.foreign_repo_refused"),
+            "{out:?}"
+        );
+        assert!(!auto_merge_pending(&town, &mr), "no merge stays pending for a foreign PR");
+    }
+
+    #[test]
+    fn a_bead_failed_by_the_reconciler_records_why_and_a_closed_one_does_not() {
+        let (mut town, _clock, rig) = town();
+        for to in [BeadStatus::Failed, BeadStatus::Closed] {
+            let b = town.sling_bead(SlingBead { rig_id: rig.clone(), title: "x".into(), ..Default::default() });
+            let b = b.unwrap().0.bead_id;
+            let a = Action::TransitionBead { bead_id: b.clone(), from: None, to, reason: "no agent".into() };
+            assert_eq!(apply_one(&mut town, &a).unwrap(), None);
+            assert_eq!(town.bead(&b).unwrap().status, to);
+            let meta: String = town
+                .conn()
+                .query_row(
+                    "SELECT metadata FROM bead_events WHERE bead_id = ?1 AND event_type = 'status_changed' \
+                     AND new_value = ?2",
+                    rusqlite::params![b, to],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(meta.contains("failure_reason"), to == BeadStatus::Failed, "{to}: {meta}");
+        }
+    }
+
+    #[test]
+    fn dispatch_needs_the_named_agent_still_hooked_and_otherwise_hooks_one() {
+        let (mut town, _clock, rig) = town();
+        let slung = town.sling_bead(SlingBead { rig_id: rig.clone(), title: "x".into(), ..Default::default() });
+        let (bead, agent) = slung.map(|(s, _)| (s.bead_id, s.agent_id.unwrap())).unwrap();
+        let named = Action::dispatch(Some(&agent), &bead, &rig);
+        assert!(matches!(apply_one(&mut town, &named).unwrap(), Some(Effect::StartAgent(s)) if s.agent_id == agent));
+        town.conn()
+            .execute("UPDATE agent_metadata SET current_hook_bead_id = NULL WHERE bead_id = ?1", [&agent])
+            .unwrap();
+        assert!(apply_one(&mut town, &named).is_err(), "an unhooked agent is not dispatched");
+        let any = Action::dispatch(None, &bead, &rig);
+        let Some(Effect::StartAgent(s)) = apply_one(&mut town, &any).unwrap() else { panic!("no start") };
+        let hooked = town.agents().unwrap().into_iter().find(|a| a.agent_id == s.agent_id).unwrap();
+        assert_eq!((hooked.role, hooked.current_hook_bead_id.as_deref()), (AgentRole::Polecat, Some(bead.as_str())));
+    }
+
+    #[test]
+    fn a_babysat_mr_gets_no_refinery_and_another_mr_does() {
+        let (mut town, _clock, rig) = town();
+        for babysit in [true, false] {
+            let (_, mr) = issue_and_mr(&mut town, &rig, "https://github.com/acme/app/pull/3");
+            town.conn()
+                .execute("UPDATE review_metadata SET babysit = ?2 WHERE bead_id = ?1", rusqlite::params![mr, babysit])
+                .unwrap();
+            let out = apply_one(&mut town, &Action::dispatch(None, &mr, &rig)).unwrap();
+            match out {
+                None => assert!(babysit, "an MR that is not babysat was not dispatched"),
+                Some(Effect::StartAgent(s)) => {
+                    assert!(!babysit, "a babysat MR got an agent");
+                    assert_eq!(s.role, AgentRole::Refinery);
+                }
+                Some(e) => panic!("{e:?}"),
+            }
+        }
+    }
+}
