@@ -46,6 +46,7 @@ pub const INVARIANTS: &[&str] = &[
     "nudge_once_per_tier_per_hour",
     "held_beads_wait",
     "stall_lasts_2h30",
+    "heartbeating_agent_keeps_hook",
     // the workload's postconditions on its own calls
     "reset_clears_counters",
     // the alarm, checked by the world between steps

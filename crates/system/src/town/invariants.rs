@@ -3,6 +3,7 @@
 //! (the simulator adds the forge- and container-side ones).
 
 use super::actions::Action;
+use super::reconciler::agents::IDLE_HOOK_RELEASED;
 use super::reconciler::constants::{
     BREAKER_FAILURE_THRESHOLD, BREAKER_WINDOW_MS, DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS,
     MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
@@ -14,7 +15,7 @@ use super::state;
 use super::tick::TickReport;
 use crate::error::Result;
 use crate::model::{AgentStatus, BeadStatus, BeadType, Label, MergeMode, RigSettings, TownConfig};
-use crate::time::Timestamp;
+use crate::time::{stale, Timestamp};
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -440,6 +441,18 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                     out.push(v(
                         "polled_mr_not_orphaned",
                         format!("MR {bead_id} failed as orphaned although polled recently"),
+                    ));
+                }
+            }
+            // Bug (f), second half: a session that still heart-beats is alive
+            // (its dispatch only looked failed); tearing its hook down broke
+            // the tools that need one.
+            Action::UnhookAgent { agent_id, reason } if reason == IDLE_HOOK_RELEASED => {
+                let Some(agent) = s.agents.iter().find(|x| &x.id == agent_id) else { continue };
+                if !stale(s.now, agent.last_activity_at, HEARTBEAT_STALE_MS) {
+                    out.push(v(
+                        "heartbeating_agent_keeps_hook",
+                        format!("idle agent {agent_id} unhooked although it heart-beat within 90 s"),
                     ));
                 }
             }

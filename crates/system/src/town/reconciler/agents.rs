@@ -69,6 +69,9 @@ fn counter_reset(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
 /// A4/A5: an idle agent hooked to a missing or terminal bead lets go; hooked
 /// to a live bead with a stale heartbeat, it lets go and the bead reopens
 /// (bug f). A fresh heartbeat means the dispatch may only look failed: leave it.
+/// Why A4/A5 unhooks an idle agent from a live bead (the oracles key on it).
+pub const IDLE_HOOK_RELEASED: &str = "idle agent hooked to live bead (dispatch failed)";
+
 fn idle_hooked_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
     let Some(hook) = &a.hook else { return };
     let release = |out: &mut Vec<Action>, reason: &'static str| {
@@ -86,7 +89,7 @@ fn idle_hooked_agent(s: &TownSnapshot, a: &SnapAgent, out: &mut Vec<Action>) {
                 stale_heartbeat || defects::on(Defect::IdleHookReleasedDespiteHeartbeat)
             };
             if release {
-                out.push(Action::unhook(&a.id, "idle agent hooked to live bead (dispatch failed)"));
+                out.push(Action::unhook(&a.id, IDLE_HOOK_RELEASED));
                 out.push(Action::transition_bead(
                     hook,
                     Some(st),
@@ -204,5 +207,9 @@ mod tests {
         )));
         let checkpoints = out.iter().filter(|a| matches!(a, Action::ClearAgentCheckpoint { .. })).count();
         assert_eq!(checkpoints, 2);
+        // The oracle agrees, and names the release of a session that still heart-beats.
+        assert!(check_actions(&k.s, &out).is_empty());
+        let v = check_actions(&k.s, &[Action::unhook("fresh", IDLE_HOOK_RELEASED)]);
+        assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["heartbeating_agent_keeps_hook"]);
     }
 }
