@@ -6,7 +6,7 @@
 //! takes the agents' own faults away (sessions already hung stay hung).
 
 use super::config::WorldConfig;
-use super::hosts::{lock, OWNER};
+use super::hosts::{lock, EPOCH, OWNER};
 use super::oracles;
 use super::run::{Box_, Sampled, World};
 use super::workload::arrivals;
@@ -131,9 +131,13 @@ impl World {
 
     fn after_drain_oracles(&mut self) {
         let (Some(town), Some(c)) = (self.sh.town(), lock(&self.sh.container).container.clone()) else { return };
-        let exempt = lock(&self.sh.dice).tampered_uploads.clone();
+        let tampered = lock(&self.sh.dice).tampered_uploads.clone();
+        let stored_at = lock(&self.sh.snapshots_stored).clone();
+        let at = |ms: u64| EPOCH.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX));
+        let link_cuts: Vec<_> = self.link_cuts.iter().map(|&(from, until)| (at(from), until.map(at))).collect();
+        let uploads = oracles::UploadHistory { tampered: &tampered, stored_at: &stored_at, link_cuts: &link_cuts };
         let scratch = self.sh.data.join("scratch");
-        for v in oracles::after_drain(&town, &c, &scratch, &exempt) {
+        for v in oracles::after_drain(&town, &c, &scratch, &uploads) {
             self.violation(self.now, v);
         }
     }
@@ -315,6 +319,7 @@ impl World {
                 });
                 if HOSTS.contains(&a.as_str()) && HOSTS.contains(&b.as_str()) && a != b {
                     self.fired(now, &p.kind);
+                    self.cut_begins(&a, &b);
                     sim.partition(a.as_str(), b.as_str());
                     self.timers.push((now + lasts, Timer::Repair(a, b)));
                 }
@@ -323,6 +328,7 @@ impl World {
                 let (a, b) = p.between.clone().unwrap_or_else(|| ("town".into(), "container".into()));
                 if HOSTS.contains(&a.as_str()) && HOSTS.contains(&b.as_str()) && a != b {
                     self.fired(now, &p.kind);
+                    self.cut_begins(&a, &b);
                     sim.hold(a.as_str(), b.as_str());
                     self.timers.push((now + lasts, Timer::Release(a, b)));
                 }
@@ -343,8 +349,14 @@ impl World {
                     self.crash_container(sim, false);
                 }
             }
-            Timer::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
-            Timer::Release(a, b) => sim.release(a.as_str(), b.as_str()),
+            Timer::Repair(a, b) => {
+                self.cut_ends(&a, &b);
+                sim.repair(a.as_str(), b.as_str());
+            }
+            Timer::Release(a, b) => {
+                self.cut_ends(&a, &b);
+                sim.release(a.as_str(), b.as_str());
+            }
             Timer::Unpin => self.pinned = None,
             Timer::OutageEnd => {
                 if let Some(f) = self.sh.forge() {
@@ -360,6 +372,26 @@ impl World {
                 if let Some(f) = self.sh.forge() {
                     let _ = f.set_checks(OWNER, &repo, n, &[CheckRun::completed("ci", "success")], &[]);
                 }
+            }
+        }
+    }
+
+    /// A partition (or a hold) between town and container begins: snapshot
+    /// uploads sent meanwhile never reach the town (or arrive after the
+    /// container gave up on them).
+    fn cut_begins(&mut self, a: &str, b: &str) {
+        if is_town_container(a, b) {
+            self.link_cuts.push((self.now, None));
+        }
+    }
+
+    /// A repair or a release between town and container: turmoil keeps one
+    /// state per link, so either makes it healthy and ends every cut still open.
+    fn cut_ends(&mut self, a: &str, b: &str) {
+        if is_town_container(a, b) {
+            let now = self.now;
+            for cut in self.link_cuts.iter_mut().filter(|c| c.1.is_none()) {
+                cut.1 = Some(now);
             }
         }
     }
@@ -390,6 +422,10 @@ impl World {
         self.evict_on_start_until = 0;
         self.trace.record(self.now as i64, "heal", &"");
     }
+}
+
+fn is_town_container(a: &str, b: &str) -> bool {
+    matches!((a, b), ("town", "container") | ("container", "town"))
 }
 
 fn remove_wal_files(dir: &std::path::Path) {

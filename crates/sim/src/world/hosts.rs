@@ -123,6 +123,9 @@ pub struct Shared {
     /// its own calls), drained by the world: (sim ms, violation).
     pub checks: Mutex<Vec<(i64, Violation)>>,
     pub dice: Mutex<Dice>,
+    /// Per agent, when the town last stored one of its session snapshots
+    /// (the drain-history oracle asks whether anything arrived after a turn).
+    pub snapshots_stored: Mutex<BTreeMap<String, Timestamp>>,
     pub faults: Mutex<Vec<(i64, String)>>,
     pub prs: Mutex<Vec<PrRecord>>,
     pub squash_disabled: bool,
@@ -149,6 +152,7 @@ impl Shared {
             records: Mutex::new(Vec::new()),
             checks: Mutex::new(Vec::new()),
             dice: Mutex::new(dice),
+            snapshots_stored: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Vec::new()),
             prs: Mutex::new(Vec::new()),
             squash_disabled,
@@ -340,6 +344,9 @@ async fn town_front(State(f): State<Front>, req: Request) -> Response {
         f.sh.fault("duplicate_request");
         f.sh.record("rpc", format!("{method} {path} -> {} (duplicated)", resp.status().as_u16()));
         resp = f.inner.clone().oneshot(make()).await.into_response();
+    }
+    if snapshot && resp.status() == axum::http::StatusCode::OK {
+        lock(&f.sh.snapshots_stored).insert(agent, EPOCH.plus_ms(host_now_ms()));
     }
     f.sh.record("rpc", format!("{method} {path} -> {}", resp.status().as_u16()));
     resp

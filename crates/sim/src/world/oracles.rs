@@ -12,6 +12,7 @@ use gastown::model::{labels, BeadStatus, BeadType};
 use gastown::runtime::TownHost;
 use gastown::time::Timestamp;
 use gastown::town::invariants::Violation;
+use gastown::wire::ProcessStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -139,17 +140,60 @@ fn snapshot_turns(bytes: &[u8], scratch: &Path, session_id: &str) -> Option<usiz
     db.turns(session_id).ok().map(|t| t.len())
 }
 
-/// Session side, after a graceful drain finished: every live session's
-/// history is in the town's stored snapshot, and the registry is empty.
-/// `exempt` are agents whose snapshot a fault legitimately kept out.
-pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, exempt: &BTreeSet<String>) -> Vec<Violation> {
+/// What the world knows about the snapshot uploads before a drain ended:
+/// which uploads a fault touched, which ones the town stored, and when the
+/// town and the container could not reach each other.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadHistory<'a> {
+    /// Agents whose upload a fault lost or held, or whose WAL a reader pinned.
+    pub tampered: &'a BTreeSet<String>,
+    /// Per agent, when the town last stored one of its uploads (answered 200).
+    pub stored_at: &'a BTreeMap<String, Timestamp>,
+    /// Partitions and holds between town and container: (from, until; `None`
+    /// while it lasts).
+    pub link_cuts: &'a [(Timestamp, Option<Timestamp>)],
+}
+
+impl UploadHistory<'_> {
+    /// Could the snapshot that should follow a session's last turn (written
+    /// at `last_turn`) have been kept from the town by the network? Only if no
+    /// upload of the agent was stored since that turn and the link was cut at
+    /// some point after it. Upstream never retries a failed upload (spec
+    /// container §2.10 step 3), so the turns are lost by design.
+    fn cut_off(&self, agent_id: &str, last_turn: Timestamp) -> bool {
+        let stored_since = self.stored_at.get(agent_id).is_some_and(|&at| at >= last_turn);
+        !stored_since && self.link_cuts.iter().any(|&(_, until)| until.is_none_or(|u| u >= last_turn))
+    }
+}
+
+/// Session side, after a graceful drain finished: every session's history is
+/// in the town's stored snapshot, and the registry is empty. A session is
+/// exempt when nothing was ever owed to the town for it: it failed (see
+/// below), or `uploads` shows a fault kept its last snapshot away.
+pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, uploads: &UploadHistory<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     for s in c.statuses() {
-        if exempt.contains(&s.agent_id) {
+        if uploads.tampered.contains(&s.agent_id) {
+            continue;
+        }
+        // A session ended by a stream error (or a start that failed) is never
+        // snapshotted, as upstream (spec container §2.4 "no DB snapshot on
+        // this path", §11.2): its turns since the last snapshot stay on the
+        // container's disk and go with it. Holding them against the stored
+        // snapshot (an earlier session's) was the oracle's error, not the
+        // container's (smoke seeds 56 and 188: "holds 0 of the session's 1 turns").
+        if s.status == ProcessStatus::Failed {
             continue;
         }
         let turns = c.session_turns(&s.agent_id);
-        let Some(sid) = turns.first().map(|t| t.session_id.clone()) else { continue };
+        let (Some(first), Some(last)) = (turns.first(), turns.last()) else { continue };
+        let sid = first.session_id.clone();
+        // The exit snapshot went out while a partition cut the town off
+        // (smoke seed 90): the town never saw it and the container does not
+        // retry, as upstream.
+        if uploads.cut_off(&s.agent_id, last.at) {
+            continue;
+        }
         let stored = town.with_town_quietly(|t| t.session_snapshot(&s.agent_id)).ok().flatten();
         let Some((meta, bytes)) = stored else {
             out.push(v(
@@ -374,7 +418,7 @@ mod tests {
             FakeTown::new(),
             Arc::new(ScriptedRuntime::new(ScriptConfig::default())),
         );
-        assert!(after_drain(&h, &c, &dir.path().join("scratch"), &BTreeSet::new()).is_empty());
+        assert!(after_drain(&h, &c, &dir.path().join("scratch"), &no_faults()).is_empty());
         let request: StartAgentRequest = serde_json::from_value(serde_json::json!({
             "agent_id": "p1", "bead_id": "b", "rig_id": "r", "role": "polecat", "name": "n", "identity": "i",
             "prompt": "p", "branch": null, "target_branch": null, "start_point": null, "pr_url": null,
@@ -385,7 +429,93 @@ mod tests {
             t.set_container_registry(&[RegistryEntry { agent_id: "p1".into(), request, workdir: "/w".into() }])
         })
         .unwrap();
-        let v = after_drain(&h, &c, &dir.path().join("scratch"), &BTreeSet::new());
+        let v = after_drain(&h, &c, &dir.path().join("scratch"), &no_faults());
         assert_eq!(names(&v), ["registry_cleared_after_drain"]);
+    }
+
+    static NO_TAMPERING: BTreeSet<String> = BTreeSet::new();
+    static NOTHING_STORED: BTreeMap<String, Timestamp> = BTreeMap::new();
+
+    fn no_faults() -> UploadHistory<'static> {
+        UploadHistory { tampered: &NO_TAMPERING, stored_at: &NOTHING_STORED, link_cuts: &[] }
+    }
+
+    fn polecat(id: &str) -> StartAgentRequest {
+        serde_json::from_value(serde_json::json!({
+            "agent_id": id, "bead_id": "b", "rig_id": "r", "role": "polecat", "name": "n", "identity": "i",
+            "prompt": "p", "branch": null, "target_branch": null, "start_point": null, "pr_url": null,
+            "town_id": "t", "api_url": "http://t", "agent_token": "x", "container_token": "y"
+        }))
+        .unwrap()
+    }
+
+    /// A container (its own fake town, so no upload reaches `h`) whose
+    /// polecat `p1` ran one session to its end: a crash in its first turn,
+    /// or 30 s of work and the 120 s idle exit.
+    async fn ended_session(dir: &Path, crash: bool) -> Container {
+        let script = ScriptConfig {
+            start_ms: (0, 0),
+            work_ms: (30_000, 30_000),
+            p_crash: if crash { 1.0 } else { 0.0 },
+            ..ScriptConfig::default()
+        };
+        let c = Container::new(
+            ContainerConfig::new(dir.join("disk"), "c1"),
+            Arc::new(ManualClock::new(T0)),
+            FakeTown::new(),
+            Arc::new(ScriptedRuntime::new(script)),
+        );
+        c.start(polecat("p1")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(200)).await;
+        c
+    }
+
+    /// The town holds a snapshot from before the session: a session
+    /// database without a single turn.
+    fn store_an_older_snapshot(h: &TownHost, dir: &Path) {
+        let path = dir.join("older").join("session.db");
+        SessionDb::open(&path).unwrap();
+        let session::SnapshotRead::Bytes(bytes) = session::read_for_snapshot(&path).unwrap() else { panic!() };
+        h.with_town_quietly(|t| t.put_session_snapshot("p1", 1, &bytes)).unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_history_ignores_a_session_ended_by_a_stream_error() {
+        // Smoke seeds 56 and 188: the session crashed in its first turn, so
+        // (as upstream) nothing snapshotted it; the stored copy is older.
+        let (h, dir) = (host(), tempfile::tempdir().unwrap());
+        let c = ended_session(dir.path(), true).await;
+        assert_eq!(c.status("p1").unwrap().status, ProcessStatus::Failed);
+        assert_eq!(c.session_turns("p1").len(), 1, "the initial prompt only");
+        store_an_older_snapshot(&h, dir.path());
+        assert!(after_drain(&h, &c, &dir.path().join("scratch"), &no_faults()).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_history_exempts_an_exit_snapshot_a_partition_kept_from_the_town() {
+        let (h, dir) = (host(), tempfile::tempdir().unwrap());
+        let c = ended_session(dir.path(), false).await;
+        let st = c.status("p1").unwrap();
+        assert_eq!((st.status, st.exit_reason.as_deref()), (ProcessStatus::Exited, Some("completed")));
+        store_an_older_snapshot(&h, dir.path());
+        let scratch = dir.path().join("scratch");
+        let last_turn = c.session_turns("p1").last().unwrap().at;
+        // Nothing explains the missing turns: the oracle fires.
+        let v = after_drain(&h, &c, &scratch, &no_faults());
+        assert_eq!(names(&v), ["session_history_survives_drain"], "{v:?}");
+        // A cut that ended before the last turn explains nothing either.
+        let before = [(last_turn.minus_ms(60_000), Some(last_turn.minus_ms(1)))];
+        let uploads = UploadHistory { link_cuts: &before, ..no_faults() };
+        assert_eq!(names(&after_drain(&h, &c, &scratch, &uploads)), ["session_history_survives_drain"]);
+        // Smoke seed 90: the link was cut after the last turn and nothing
+        // arrived since: the exit snapshot never reached the town.
+        let cut = [(last_turn.plus_ms(1_000), Some(last_turn.plus_ms(200_000)))];
+        let uploads = UploadHistory { link_cuts: &cut, ..no_faults() };
+        assert!(after_drain(&h, &c, &scratch, &uploads).is_empty());
+        // But an upload the town stored after the last turn must hold it all
+        // (an upload of the main file alone, bug (a), is still caught).
+        let stored: BTreeMap<String, Timestamp> = [("p1".to_owned(), last_turn.plus_ms(500))].into();
+        let uploads = UploadHistory { stored_at: &stored, link_cuts: &cut, ..no_faults() };
+        assert_eq!(names(&after_drain(&h, &c, &scratch, &uploads)), ["session_history_survives_drain"]);
     }
 }

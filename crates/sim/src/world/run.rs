@@ -67,6 +67,9 @@ pub struct World {
     pub(crate) evict_on_start_until: u64,
     pub(crate) pinned: Option<(rusqlite::Connection, u64)>,
     pub(crate) external: BTreeSet<String>,
+    /// Partitions and holds between town and container, for the drain-history
+    /// oracle: (from, until; `None` while it lasts), in simulated ms.
+    pub(crate) link_cuts: Vec<(u64, Option<u64>)>,
     pub(crate) care: BTreeMap<(String, u64), PrCare>,
     pub(crate) prs_seen: usize,
     pub(crate) faults: BTreeMap<String, u64>,
@@ -356,6 +359,7 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
         evict_on_start_until: 0,
         pinned: None,
         external: BTreeSet::new(),
+        link_cuts: Vec::new(),
         care: BTreeMap::new(),
         prs_seen: 0,
         faults: BTreeMap::new(),
