@@ -135,6 +135,11 @@ pub struct DoneBody {
     pub pr_url: Option<String>,
     #[serde(default)]
     pub summary: Option<String>,
+    /// The bead the reporting session was dispatched for (the container
+    /// stamps it). Not in upstream's body: without it the town cannot tell a
+    /// late report of an earlier session from one about the current hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bead_id: Option<String>,
 }
 
 /// `POST …/agents/:id/completed`: the process exited.

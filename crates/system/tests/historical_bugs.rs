@@ -163,8 +163,12 @@ impl World {
     }
 
     fn done(&mut self, agent: &str, pr_url: Option<&str>) -> String {
-        let report =
-            DoneReport { branch: format!("gt/{}", &agent[..8]), pr_url: pr_url.map(str::to_owned), summary: None };
+        let report = DoneReport {
+            branch: format!("gt/{}", &agent[..8]),
+            pr_url: pr_url.map(str::to_owned),
+            summary: None,
+            bead_id: None,
+        };
         self.town.agent_done(agent, report).unwrap()
     }
 

@@ -757,7 +757,7 @@ impl Harness {
 
     fn call_done(&mut self, agent: &str, url: &Url) {
         let alarm = self.town.alarm_at().unwrap();
-        let done = DoneReport { branch: format!("gt/{agent}"), pr_url: self.pr_url(url), summary: None };
+        let done = DoneReport { branch: format!("gt/{agent}"), pr_url: self.pr_url(url), summary: None, bead_id: None };
         self.town.agent_done(agent, done).unwrap();
         if let Some(v) = invariants::alarm_postponed(alarm, self.town.alarm_at().unwrap(), self.now()) {
             fail(self, format!("agent_done: {}: {}", v.invariant, v.detail));
@@ -1060,6 +1060,7 @@ impl Harness {
                     branch: if *empty_branch { String::new() } else { format!("gt/branch-{agent}") },
                     pr_url: self.pr_url(url),
                     summary: None,
+                    bead_id: None,
                 };
                 self.town.agent_done(&a, done).map(|_| Vec::new())
             }

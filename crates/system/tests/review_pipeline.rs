@@ -173,7 +173,8 @@ impl World {
     }
 
     async fn done(&mut self, agent: &str, branch: &str, pr_url: Option<&str>) {
-        let report = DoneReport { branch: branch.into(), pr_url: pr_url.map(str::to_owned), summary: None };
+        let report =
+            DoneReport { branch: branch.into(), pr_url: pr_url.map(str::to_owned), summary: None, bead_id: None };
         self.town.agent_done(agent, report).unwrap();
         self.clock.advance_ms(5 * SECOND_MS);
         self.tick().await;

@@ -61,7 +61,7 @@ async fn done(
 ) -> ApiResult<IdReply> {
     authorize_agent(&h, &headers, &town, &agent)?;
     let b: DoneBody = parse(&body)?;
-    let report = DoneReport { branch: b.branch, pr_url: b.pr_url, summary: b.summary };
+    let report = DoneReport { branch: b.branch, pr_url: b.pr_url, summary: b.summary, bead_id: b.bead_id };
     let id = h.with_town(|t| t.agent_done(&agent, report))?;
     ok(IdReply { id })
 }

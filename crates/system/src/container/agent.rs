@@ -120,8 +120,13 @@ impl AgentIo {
         self.container.authed(call).await
     }
 
-    /// `gt_done`.
-    pub async fn done(&self, body: DoneBody) -> Result<(), LinkError> {
+    /// `gt_done`, naming the bead this session was dispatched for: a session
+    /// the town has since replaced (its re-dispatch never reached us) must not
+    /// have its PR filed under the agent's new hook.
+    pub async fn done(&self, mut body: DoneBody) -> Result<(), LinkError> {
+        if !self.request.agent.bead_id.is_empty() {
+            body.bead_id = Some(self.request.agent.bead_id.clone());
+        }
         self.tool(TownCall::Done(self.container.agent_addr(&self.request), body)).await.map(|_| ())
     }
 
@@ -444,7 +449,7 @@ impl ScriptedAgent {
     }
 
     async fn done(&mut self, io: &AgentIo, branch: &str, pr_url: Option<String>, summary: &str) {
-        let body = DoneBody { branch: branch.to_owned(), pr_url, summary: Some(summary.to_owned()) };
+        let body = DoneBody { branch: branch.to_owned(), pr_url, summary: Some(summary.to_owned()), bead_id: None };
         if let Err(e) = io.done(body).await {
             io.assistant_turn(&format!("gt_done failed: {e}"));
         }
@@ -576,6 +581,25 @@ mod tests {
         let healed = ScriptConfig { start_ms: (100, 90_000), p_done_twice: 1.0, p_crash: 1.0, ..quick_script() };
         let h = healed.without_faults();
         assert_eq!((h.start_ms, h.p_done_twice, h.p_crash, h.work_ms), ((100, 2_000), 0.0, 0.0, healed.work_ms));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn done_names_the_bead_the_session_was_dispatched_for() {
+        use super::super::tests::{rig, sleep_s};
+        use crate::container::TownCall;
+        let r = rig(ScriptConfig { p_done_twice: 1.0, ..super::super::tests::quick_script() });
+        r.c.start(super::super::tests::request("p1", AgentRole::Polecat)).await.unwrap();
+        sleep_s(40).await;
+        let named: Vec<Option<String>> = r
+            .town
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                TownCall::Done(_, b) => Some(b.bead_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(named, vec![Some("bead-p1".to_owned()); 2], "the town tells this session from a newer dispatch");
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,8 @@ pub const ENV_TOWN_ID: &str = "GASTOWN_TOWN_ID";
 pub const ENV_RIG_ID: &str = "GASTOWN_RIG_ID";
 pub const ENV_AGENT_ID: &str = "GASTOWN_AGENT_ID";
 pub const ENV_AGENT_TOKEN: &str = "GASTOWN_AGENT_TOKEN";
+/// The bead the session was dispatched for; `gt done` sends it along.
+pub const ENV_BEAD_ID: &str = "GASTOWN_BEAD_ID";
 
 pub struct ExternalRuntime {
     command: String,
@@ -115,7 +117,7 @@ impl ExternalAgent {
             .env(ENV_AGENT_TOKEN, &req.agent_token)
             .env("GASTOWN_AGENT_ROLE", a.role.as_str())
             .env("GASTOWN_AGENT_NAME", &a.name)
-            .env("GASTOWN_BEAD_ID", &a.bead_id)
+            .env(ENV_BEAD_ID, &a.bead_id)
             .env("GASTOWN_BRANCH", agent_branch(req))
             .env("GASTOWN_TARGET_BRANCH", a.target_branch.as_deref().unwrap_or(""))
             .env("GASTOWN_PR_URL", a.pr_url.as_deref().unwrap_or(""))

@@ -112,11 +112,42 @@ pub struct DoneReport {
     pub pr_url: Option<String>,
     #[serde(default)]
     pub summary: Option<String>,
+    /// The bead the reporting session was dispatched for, when the caller says.
+    #[serde(default)]
+    pub bead_id: Option<String>,
+}
+
+impl DoneReport {
+    fn named_bead(&self) -> Option<&str> {
+        self.bead_id.as_deref().filter(|b| !b.is_empty())
+    }
 }
 
 /// Apply an agent's `gt_done`.
 pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result<()> {
     let agent = agents::get(cx, agent_id)?;
+    // A report about another bead than the hook comes from a session the town
+    // replaced by a re-dispatch that never reached the container (a partition,
+    // a failed start): that session kept working on its old bead. Upstream
+    // files it under the current hook, so the old bead's PR became the new
+    // bead's review (a second live PR for the old work, the new work never
+    // done), and a refinery's late result rewrote its new MR's PR URL.
+    if let (Some(named), Some(hook)) = (done.named_bead(), agent.current_hook_bead_id.as_deref()) {
+        if named != hook {
+            if beads::status_of(cx, named)?.is_some() {
+                beads::log_event(
+                    cx,
+                    named,
+                    Some(agent_id),
+                    "stale_done_ignored",
+                    Some(hook),
+                    done.pr_url.as_deref(),
+                    None,
+                )?;
+            }
+            return Ok(());
+        }
+    }
     let Some(hook) = agent.current_hook_bead_id.clone() else {
         if agent.role == AgentRole::Refinery {
             return refinery_done_without_hook(cx, &agent, done);
@@ -131,6 +162,13 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
         return agents::unhook(cx, agent_id, "gt_done");
     }
     if agent.role == AgentRole::Refinery {
+        // The MR's fate was decided while the review ran (merged or closed by
+        // polling, failed): a late result must neither rewrite the PR URL it
+        // was merged under nor close a source that may be re-worked by now.
+        if bead.status.is_terminal() {
+            agents::unhook(cx, agent_id, "review done")?;
+            return agents::set_status(cx, agent_id, AgentStatus::Idle);
+        }
         match done.pr_url.as_deref() {
             Some(url) => {
                 if set_pr_url(cx, &hook, url)? {
@@ -192,9 +230,11 @@ fn refinery_done_without_hook(cx: &mut Ctx<'_>, agent: &agents::Agent, done: &Do
         .prepare_cached(
             "SELECT bead_id FROM beads WHERE type = 'merge_request' AND assignee_agent_bead_id = ?1 \
              AND status IN ('open', 'in_progress', 'in_review') AND status != 'in_review' \
-             ORDER BY updated_at DESC, bead_id LIMIT 1",
+             AND (?2 IS NULL OR bead_id = ?2) ORDER BY updated_at DESC, bead_id LIMIT 1",
         )?
-        .query_row([&agent.agent_id], |r| r.get(0))
+        // A report naming its MR is about that MR only; upstream's guess
+        // (the latest one assigned) is for reports that do not say.
+        .query_row(params![agent.agent_id, done.named_bead()], |r| r.get(0))
         .optional()?;
     let Some(mr) = mr else { return Ok(()) };
     match done.pr_url.as_deref() {

@@ -59,8 +59,11 @@ fn sling_dispatches_then_done_creates_review_then_merge_closes() {
     clock.advance_ms(30_000);
     town.heartbeat(&agent, &Watermark::default(), Some("inst-1")).unwrap();
     let pr = "https://github.com/acme/app/pull/7";
-    town.agent_done(&agent, DoneReport { branch: "gt/toast/x".into(), pr_url: Some(pr.into()), summary: None })
-        .unwrap();
+    town.agent_done(
+        &agent,
+        DoneReport { branch: "gt/toast/x".into(), pr_url: Some(pr.into()), summary: None, bead_id: None },
+    )
+    .unwrap();
     clock.advance_ms(5_000);
     let r = tick(&mut town, &runner);
     assert_eq!(r.events.applied.len(), 2, "bead_created and agent_done: {:?}", r.events);
@@ -74,7 +77,7 @@ fn sling_dispatches_then_done_creates_review_then_merge_closes() {
 
     town.agent_done(
         &refinery.agent_id,
-        DoneReport { branch: "gt/toast/x".into(), pr_url: Some(pr.into()), summary: None },
+        DoneReport { branch: "gt/toast/x".into(), pr_url: Some(pr.into()), summary: None, bead_id: None },
     )
     .unwrap();
     clock.advance_ms(5_000);
@@ -92,6 +95,86 @@ fn sling_dispatches_then_done_creates_review_then_merge_closes() {
     assert!(r.invariant_violations.is_empty(), "{:?}", r.invariant_violations);
     assert_eq!(town.bead(&slung.bead_id).unwrap().status, BeadStatus::Closed);
     assert_eq!(town.bead(&mrs[0].bead_id).unwrap().status, BeadStatus::Closed);
+}
+
+fn done(branch: &str, pr: Option<&str>, bead: Option<&str>) -> DoneReport {
+    DoneReport { branch: branch.into(), pr_url: pr.map(str::to_owned), summary: None, bead_id: bead.map(str::to_owned) }
+}
+
+fn pr_url_of(town: &Town, mr: &str) -> Option<String> {
+    town.conn().query_row("SELECT pr_url FROM review_metadata WHERE bead_id = ?1", [mr], |r| r.get(0)).unwrap()
+}
+
+fn bead_event_types(town: &Town, bead: &str) -> Vec<String> {
+    let mut st = town.conn().prepare("SELECT event_type FROM bead_events WHERE bead_id = ?1 ORDER BY seq").unwrap();
+    st.query_map([bead], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+}
+
+/// Smoke seeds 81, 89, 147: during a partition the town gave up on agent X's
+/// session on bead A and hooked X to B; the re-dispatch never reached the
+/// container, so the old session finished A and called gt_done. Filed under
+/// the hook, A's PR became B's review: two live PRs for A, B never worked.
+#[test]
+fn a_done_from_a_replaced_session_is_not_filed_under_the_agents_new_hook() {
+    let (mut town, _clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let a = sling(&mut town, &rig, "a");
+    let x = town.bead(&a).unwrap().assignee_agent_bead_id.unwrap();
+    let b = sling(&mut town, &rig, "b");
+    town.unhook_bead(&x).unwrap();
+    town.hook_bead(&x, &b).unwrap();
+
+    town.agent_done(&x, done("gt/toast/a", Some("https://github.com/acme/app/pull/9"), Some(&a))).unwrap();
+    tick(&mut town, &runner);
+    assert!(town.beads_of(BeadType::MergeRequest, None).unwrap().is_empty(), "no review for A's work under B");
+    assert_eq!(town.bead(&b).unwrap().status, BeadStatus::InProgress);
+    assert_eq!(town.agent(&x).unwrap().current_hook_bead_id.as_deref(), Some(b.as_str()));
+    assert!(bead_event_types(&town, &a).iter().any(|t| t == "stale_done_ignored"));
+
+    // The session the town did dispatch reports B: that one is applied.
+    town.agent_done(&x, done("gt/toast/b", Some("https://github.com/acme/app/pull/10"), Some(&b))).unwrap();
+    tick(&mut town, &runner);
+    let mrs = town.beads_of(BeadType::MergeRequest, None).unwrap();
+    assert_eq!(mrs.len(), 1);
+    assert_eq!(mrs[0].meta_str("source_bead_id"), Some(b.as_str()));
+    assert_eq!(town.bead(&b).unwrap().status, BeadStatus::InReview);
+}
+
+/// Smoke seed 109: the refinery's session for an earlier MR (PR #9) reported
+/// after the refinery had been hooked to the next MR (PR #10), and in the same
+/// drain as #10's merge: the MR ended up carrying #9, so nothing in the town
+/// carried the merged #10.
+#[test]
+fn a_refinery_result_never_rewrites_another_mr_or_a_decided_one() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let (slung, _) = town.sling_bead(SlingBead { rig_id: rig, title: "x".into(), ..Default::default() }).unwrap();
+    let polecat = slung.agent_id.unwrap();
+    let pr = "https://github.com/acme/app/pull/10";
+    town.agent_done(&polecat, done("gt/toast/x", Some(pr), Some(&slung.bead_id))).unwrap();
+    clock.advance_ms(5_000);
+    tick(&mut town, &runner);
+    let mr = town.beads_of(BeadType::MergeRequest, None).unwrap().remove(0).bead_id;
+    let refinery = town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Refinery).unwrap().agent_id;
+    assert_eq!(town.agent(&refinery).unwrap().current_hook_bead_id.as_deref(), Some(mr.as_str()));
+
+    let old_pr = "https://github.com/acme/app/pull/9";
+    town.agent_done(&refinery, done("gt/toast/old", Some(old_pr), Some("an-earlier-mr"))).unwrap();
+    clock.advance_ms(5_000);
+    tick(&mut town, &runner);
+    assert_eq!(pr_url_of(&town, &mr).as_deref(), Some(pr), "a report about another MR");
+    assert_eq!(town.agent(&refinery).unwrap().current_hook_bead_id.as_deref(), Some(mr.as_str()));
+
+    // The merge and a late result for the same MR drain in one tick, merge first.
+    town.insert_event(EventType::PrStatusChanged, None, Some(&mr), json!({"pr_url": pr, "pr_state": "merged"}))
+        .unwrap();
+    town.agent_done(&refinery, done("gt/toast/x", Some(old_pr), Some(&mr))).unwrap();
+    clock.advance_ms(5_000);
+    let r = tick(&mut town, &runner);
+    assert!(r.invariant_violations.is_empty(), "{:?}", r.invariant_violations);
+    assert_eq!(town.bead(&mr).unwrap().status, BeadStatus::Closed);
+    assert_eq!(pr_url_of(&town, &mr).as_deref(), Some(pr), "the merged MR keeps the PR it was merged under");
+    assert_eq!(town.agent(&refinery).unwrap().current_hook_bead_id, None);
 }
 
 #[test]

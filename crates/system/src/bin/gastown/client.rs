@@ -3,7 +3,7 @@
 use super::{Cmd, ConvoyCmd, GtCmd, RigCmd};
 use gastown::net::{HttpClient, TokioConnector};
 use gastown::prod::datadir::DataDir;
-use gastown::prod::external::{ENV_AGENT_ID, ENV_AGENT_TOKEN, ENV_API_URL, ENV_RIG_ID, ENV_TOWN_ID};
+use gastown::prod::external::{ENV_AGENT_ID, ENV_AGENT_TOKEN, ENV_API_URL, ENV_BEAD_ID, ENV_RIG_ID, ENV_TOWN_ID};
 use gastown::prod::up::BEAD_STATUSES;
 use serde_json::{json, Map, Value};
 use std::path::Path;
@@ -285,7 +285,10 @@ pub async fn agent_tool(cmd: GtCmd) -> Result<(), CliError> {
     let agent_base = format!("{api}/api/towns/{town}/rigs/{rig}/agents/{agent}");
     let (url, body, what) = match cmd {
         GtCmd::Done { branch, pr_url, summary } => {
-            (format!("{agent_base}/done"), json!({"branch": branch, "pr_url": pr_url, "summary": summary}), "gt done")
+            // The session's bead, so the town can tell this report from one of a newer dispatch.
+            let bead_id = env(ENV_BEAD_ID).ok();
+            let body = json!({"branch": branch, "pr_url": pr_url, "summary": summary, "bead_id": bead_id});
+            (format!("{agent_base}/done"), body, "gt done")
         }
         GtCmd::Escalate { title, body, priority } => (
             format!("{api}/api/towns/{town}/rigs/{rig}/escalations"),
