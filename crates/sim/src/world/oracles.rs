@@ -419,12 +419,7 @@ mod tests {
             Arc::new(ScriptedRuntime::new(ScriptConfig::default())),
         );
         assert!(after_drain(&h, &c, &dir.path().join("scratch"), &no_faults()).is_empty());
-        let request: StartAgentRequest = serde_json::from_value(serde_json::json!({
-            "agent_id": "p1", "bead_id": "b", "rig_id": "r", "role": "polecat", "name": "n", "identity": "i",
-            "prompt": "p", "branch": null, "target_branch": null, "start_point": null, "pr_url": null,
-            "town_id": "t", "api_url": "http://t", "agent_token": "x", "container_token": "y"
-        }))
-        .unwrap();
+        let request = polecat("p1");
         h.with_town_quietly(|t| {
             t.set_container_registry(&[RegistryEntry { agent_id: "p1".into(), request, workdir: "/w".into() }])
         })

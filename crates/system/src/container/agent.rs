@@ -556,15 +556,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_the_heal_new_starts_and_turns_misbehave_no_more() {
-        use super::super::tests::{quick_script, request, sleep_s, T0};
-        use super::super::{fake_town::FakeTown, ContainerConfig, TownCall};
+        use super::super::tests::{quick_script, request, rig_on, sleep_s};
+        use super::super::{fake_town::FakeTown, TownCall};
         let script = ScriptConfig { p_start_failure: 1.0, p_done: 0.0, p_hang: 1.0, ..quick_script() };
         let heal = Arc::new(AtomicBool::new(false));
         let runtime = ScriptedRuntime::new(script).with_heal_switch(Arc::clone(&heal));
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(crate::time::TokioClock::new(Timestamp(T0)));
-        let town = FakeTown::new();
-        let c = Container::new(ContainerConfig::new(dir.path(), "inst-1"), clock, town.clone(), Arc::new(runtime));
+        let r = rig_on(runtime, FakeTown::new(), |_| {});
+        let (c, town) = (&r.c, &r.town);
         assert!(c.start(request("p0", AgentRole::Polecat)).await.is_err(), "every start fails before the heal");
         heal.store(true, Ordering::Relaxed);
         c.start(request("p1", AgentRole::Polecat)).await.expect("no failed start after the heal");

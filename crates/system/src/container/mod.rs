@@ -481,11 +481,19 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn rig_with(script: ScriptConfig, town: Arc<FakeTown>, tweak: impl FnOnce(&mut ContainerConfig)) -> Rig {
+        rig_on(ScriptedRuntime::new(script), town, tweak)
+    }
+
+    pub(crate) fn rig_on(
+        runtime: ScriptedRuntime,
+        town: Arc<FakeTown>,
+        tweak: impl FnOnce(&mut ContainerConfig),
+    ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ContainerConfig::new(dir.path(), "inst-1");
         tweak(&mut config);
         let clock = Arc::new(TokioClock::new(Timestamp(T0)));
-        let c = Container::new(config, clock, town.clone(), Arc::new(ScriptedRuntime::new(script)));
+        let c = Container::new(config, clock, town.clone(), Arc::new(runtime));
         Rig { town, c, _dir: dir }
     }
 

@@ -439,8 +439,12 @@ fn reset_agent_makes_the_bead_dispatchable_next_tick() {
     assert!(r.actions.iter().any(|a| matches!(a, actions::Action::DispatchAgent { bead_id, .. } if *bead_id == b)));
 }
 
+fn mayor(town: &mut Town) -> agents::Agent {
+    town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Mayor).unwrap()
+}
+
 fn mayor_status(town: &mut Town) -> AgentStatus {
-    town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Mayor).unwrap().status
+    mayor(town).status
 }
 
 /// Run a user call's effects through the runner and apply what they report.
@@ -478,7 +482,7 @@ fn a_delivered_message_wakes_an_idle_or_waiting_mayor_but_a_failed_one_does_not(
     let runner = RecordingRunner::new();
     let effects = town.send_mayor_message("hello").unwrap();
     run_effects(&mut town, &runner, &effects);
-    let mayor = town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Mayor).unwrap().agent_id;
+    let mayor = mayor(&mut town).agent_id;
     for from in [AgentStatus::Waiting, AgentStatus::Idle] {
         town.conn()
             .execute("UPDATE agent_metadata SET status = ?2 WHERE bead_id = ?1", rusqlite::params![mayor, from])
