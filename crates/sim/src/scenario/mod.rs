@@ -152,6 +152,9 @@ pub struct UserActions {
     /// A user closes an open escalation without acknowledging it (as triage does).
     #[serde(default)]
     pub close_escalation_per_hour: f64,
+    /// An outside contributor opens a PR and a user hands it to the town to babysit.
+    #[serde(default)]
+    pub adopt_pr_per_hour: f64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -177,6 +177,7 @@ pub struct Workload {
     pub close_bead_per_hour: f64,
     pub acknowledge_escalation_per_hour: f64,
     pub close_escalation_per_hour: f64,
+    pub adopt_pr_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -190,6 +191,7 @@ impl Default for Workload {
             close_bead_per_hour: 0.0,
             acknowledge_escalation_per_hour: 0.0,
             close_escalation_per_hour: 0.0,
+            adopt_pr_per_hour: 0.0,
         }
     }
 }

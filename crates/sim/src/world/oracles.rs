@@ -21,6 +21,7 @@ pub const INVARIANTS: &[&str] = &[
     // town state (gastown::town::invariants::Checker)
     "one_agent_per_hook",
     "working_agent_has_hook",
+    "babysat_pr_has_no_refinery",
     "idle_agent_releases_live_bead",
     "review_queue_moves",
     "terminal_is_final",

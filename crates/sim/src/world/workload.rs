@@ -4,7 +4,7 @@
 //! HTTP API with a user token. Arrivals stop at `heal_at`.
 
 use super::config::{ConvoyPlan, ConvoyShape, WorldConfig};
-use super::hosts::{lock, merge_mode, rig_id, Shared, EPOCH, SECRET, TOWN_ID, TOWN_URL};
+use super::hosts::{lock, merge_mode, repo_name, rig_id, PrRecord, Shared, EPOCH, OWNER, SECRET, TOWN_ID, TOWN_URL};
 use crate::net::TurmoilConnector;
 use gastown::net::HttpClient;
 use gastown::town::invariants::Violation;
@@ -17,14 +17,30 @@ use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Sling { rig: String, title: String },
-    Convoy { index: usize, rig: String, plan: ConvoyPlan },
-    StartConvoy { index: usize },
-    MayorMessage { text: String },
+    Sling {
+        rig: String,
+        title: String,
+    },
+    Convoy {
+        index: usize,
+        rig: String,
+        plan: ConvoyPlan,
+    },
+    StartConvoy {
+        index: usize,
+    },
+    MayorMessage {
+        text: String,
+    },
     ResetAgent,
     CloseBead,
     AcknowledgeEscalation,
     CloseEscalation,
+    /// An outside contributor's PR, handed to the town to babysit.
+    AdoptPr {
+        n: usize,
+        rig: String,
+    },
 }
 
 /// Exponential gap with the given mean.
@@ -84,8 +100,34 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
             ops.push((at, Op::CloseEscalation));
         }
     }
+    if w.adopt_pr_per_hour > 0.0 {
+        for (n, at) in arrivals(rng, w.adopt_pr_per_hour, end, 10_000).into_iter().enumerate() {
+            ops.push((at, Op::AdoptPr { n, rig: rig_id(rng.random_range(0..rigs)) }));
+        }
+    }
     ops.sort_by_key(|(at, _)| *at);
     ops
+}
+
+/// An outside contributor pushes a branch and opens a PR against `rig`'s
+/// repository, straight on the forge (not through the town); CI and reviewers
+/// treat it like any other PR. Returns the adoption request for the town.
+fn open_outside_pr(sh: &Shared, rig: &str, n: usize) -> Option<serde_json::Value> {
+    let forge = sh.forge()?;
+    let repo = repo_name(rig);
+    let branch = format!("contrib/{n}");
+    let sha = forge.push(OWNER, &repo, &branch, false).ok()?;
+    let pull = forge.create_pull(OWNER, &repo, &format!("outside change {n}"), &branch, "main").ok()?;
+    let url = forge.pr_url(OWNER, &repo, pull.number);
+    lock(&sh.prs).push(PrRecord {
+        bead_id: format!("outside-{n}"),
+        agent_id: "outside".into(),
+        repo,
+        number: pull.number,
+        url: url.clone(),
+        opened_ms: super::hosts::host_now_ms(),
+    });
+    Some(json!({ "pr_url": url, "branch": branch, "head_sha": sha, "title": format!("Babysit outside change {n}") }))
 }
 
 /// `depends_on` lists of a DAG shape.
@@ -184,6 +226,10 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
             },
             Op::AcknowledgeEscalation => match pick(&sh, "SELECT bead_id FROM escalation_metadata WHERE acknowledged = 0 ORDER BY bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/escalations/{e}/acknowledge"), json!({}), "acknowledge_escalation"),
+                None => continue,
+            },
+            Op::AdoptPr { n, rig } => match open_outside_pr(&sh, rig, *n) {
+                Some(body) => (format!("{base}/rigs/{rig}/external-prs"), body, "adopt_pr"),
                 None => continue,
             },
             Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1", []) {

@@ -214,3 +214,30 @@ async fn an_expired_container_token_can_be_traded_for_a_fresh_one() {
     let (s, _) = api.call("POST", "/api/towns/t1/refresh-container-token", Some(&api.agent("a")), None).await;
     assert_eq!(s, 403, "only container tokens are refreshed");
 }
+
+#[tokio::test]
+async fn external_prs_are_adopted_once_and_refused_with_the_reason() {
+    let api = Api::start().await;
+    let rig = r#"{"id":"r2","name":"web","git_url":"https://github.com/acme/web.git"}"#;
+    let (s, v) = api.call("POST", "/api/towns/t1/rigs", Some(&api.user()), Some(rig)).await;
+    assert_eq!(s, 201, "{v}");
+    let path = "/api/towns/t1/rigs/r2/external-prs";
+    let body = r#"{"pr_url":"https://github.com/acme/web/pull/3","branch":"contrib/x","head_sha":"abc"}"#;
+    let (s, v) = api.call("POST", path, Some(&api.user()), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let mr = v["data"]["mr_bead_id"].as_str().unwrap().to_owned();
+    let (s, again) = api.call("POST", path, Some(&api.user()), Some(body)).await;
+    assert_eq!((s, again["data"]["mr_bead_id"].as_str()), (200, Some(mr.as_str())), "{again}");
+    let (s, v) = api.call("GET", &format!("/api/towns/t1/beads/{mr}"), Some(&api.user()), None).await;
+    assert_eq!((s, v["data"]["labels"].to_string().contains("gt:babysit")), (200, true), "{v}");
+    let foreign = r#"{"pr_url":"https://github.com/evil/web/pull/3","branch":"x"}"#;
+    let (s, v) = api.call("POST", path, Some(&api.user()), Some(foreign)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("repository"), "{v}");
+    let (s, _) = api.call("POST", path, Some(&api.user()), Some(r#"{"pr_url":"x","brnch":"y"}"#)).await;
+    assert_eq!(s, 400, "unknown field");
+    let (s, _) = api.call("POST", "/api/towns/t1/rigs/nope/external-prs", Some(&api.user()), Some(body)).await;
+    assert_eq!(s, 404);
+    let (s, _) = api.call("POST", path, None, Some(body)).await;
+    assert_eq!(s, 401);
+}

@@ -4,6 +4,7 @@
 use super::{authorize_container, authorize_user, ok, parse, ApiError, ApiResult, AppState};
 use crate::auth::Scope;
 use crate::model::{BeadStatus, BeadType};
+use crate::town::babysit::{AdoptPr, Adopted};
 use crate::town::{AddRig, Agent, Bead, ConvoyCreated, Rig, SlingBead, SlingConvoy, Slung, StatusCounts};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -19,6 +20,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{T}/status"), get(status))
         .route(&format!("{T}/rigs"), get(rigs).post(add_rig))
         .route(&format!("{T}/rigs/{{rig}}/sling"), post(sling))
+        .route(&format!("{T}/rigs/{{rig}}/external-prs"), post(adopt_external_pr))
         .route(&format!("{T}/convoys"), post(sling_convoy))
         .route(&format!("{T}/convoys/{{convoy}}/start"), post(start_convoy))
         .route(&format!("{T}/convoys/{{convoy}}/close"), post(close_convoy))
@@ -88,6 +90,21 @@ async fn sling(
     let (slung, effects) = h.with_town(|t| t.sling_bead(input))?;
     h.spawn_effects(effects);
     Ok((StatusCode::CREATED, ok(slung)?))
+}
+
+/// Babysit an outside PR (201 when this call adopted it, 200 when a live
+/// adoption of the same PR already existed).
+async fn adopt_external_pr(
+    State(h): State<AppState>,
+    Path((town, rig)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, axum::Json<crate::wire::Envelope<Adopted>>), ApiError> {
+    authorize_container(&h, &headers, &town).or_else(|_| authorize_user(&h, &headers, &town))?;
+    let pr: AdoptPr = parse(&body)?;
+    let adopted = h.with_town(|t| t.adopt_external_pr(&rig, &pr, "user"))?;
+    let status = if adopted.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, ok(adopted)?))
 }
 
 async fn sling_convoy(

@@ -54,6 +54,12 @@ impl PrUrl {
         }
         Err(bad("not a GitHub pull request or GitLab merge request URL"))
     }
+
+    /// Whether the PR belongs to the repository of a git remote URL; `None`
+    /// when the remote names no repository.
+    pub fn in_repo_of(&self, git_url: &str) -> Option<bool> {
+        repo_of_git_url(git_url).map(|r| r.eq_ignore_ascii_case(&self.repo))
+    }
 }
 
 /// `owner/repo` of a git remote URL (https or ssh), credentials stripped.

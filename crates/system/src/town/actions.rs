@@ -356,10 +356,10 @@ fn apply_merge(cx: &mut Ctx<'_>, mr: &str, pr_url: &str) -> Result<Option<Effect
         Some(r) => state::find_rig(cx.conn, r)?,
         None => None,
     };
-    let rig_repo = rig.as_ref().and_then(|r| repo_of_git_url(&r.git_url));
-    let pr_repo = PrUrl::parse(pr_url).ok().map(|p| p.repo);
-    if let (Some(rig_repo), Some(pr_repo)) = (&rig_repo, &pr_repo) {
-        if !rig_repo.eq_ignore_ascii_case(pr_repo) {
+    let pr = PrUrl::parse(pr_url).ok();
+    if let (Some(rig), Some(pr)) = (&rig, &pr) {
+        if pr.in_repo_of(&rig.git_url) == Some(false) {
+            let (pr_repo, rig_repo) = (&pr.repo, repo_of_git_url(&rig.git_url));
             cx.conn
                 .prepare_cached("UPDATE review_metadata SET auto_merge_pending = 0 WHERE bead_id = ?1")?
                 .execute([mr])?;

@@ -109,6 +109,10 @@ impl Checker {
         for id in rows(conn, "SELECT bead_id FROM agent_metadata WHERE status = 'working' AND current_hook_bead_id IS NULL AND role != 'mayor'", [])? {
             out.push(v("working_agent_has_hook", format!("agent {id} is working with no hook")));
         }
+        // Bug (d): an adopted outside PR is polled and merged, never reviewed.
+        for id in rows(conn, "SELECT a.bead_id || ' on MR ' || r.bead_id FROM agent_metadata a JOIN review_metadata r ON r.bead_id = a.current_hook_bead_id WHERE r.babysit = 1", [])? {
+            out.push(v("babysat_pr_has_no_refinery", format!("agent {id}, a babysat PR")));
+        }
         Ok(())
     }
 

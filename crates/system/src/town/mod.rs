@@ -7,6 +7,7 @@
 
 pub mod actions;
 pub mod agents;
+pub mod babysit;
 pub mod beads;
 pub mod container_state;
 pub mod convoys;
@@ -410,6 +411,15 @@ impl Town {
             )?;
             state::escalate_to_active(cx.conn, cx.now)?;
             Ok(mr)
+        })
+    }
+
+    /// Babysit an outside PR: see [`babysit::adopt`].
+    pub fn adopt_external_pr(&mut self, rig: &str, pr: &babysit::AdoptPr, by: &str) -> Result<babysit::Adopted> {
+        self.tx(|cx| {
+            let adopted = babysit::adopt(cx, rig, pr, by)?;
+            state::escalate_to_active(cx.conn, cx.now)?;
+            Ok(adopted)
         })
     }
 

@@ -188,6 +188,21 @@ pub async fn user_command(c: &Client, cmd: Cmd) -> Result<(), CliError> {
                 println!("bead {} slung (agent {})", s(&v, "bead_id"), s(&v, "agent_id"));
             }
         }
+        Cmd::Babysit { rig, pr_url, branch, target_branch, title, head_sha, force_push_allowed, json } => {
+            let rig = c.rig_id(&rig).await?;
+            let body = json!({
+                "pr_url": pr_url, "branch": branch, "target_branch": target_branch, "title": title,
+                "head_sha": head_sha, "force_push_allowed": force_push_allowed,
+            });
+            let v = c.post(&format!("/rigs/{rig}/external-prs"), body).await?;
+            if json {
+                print_json(&v);
+            } else if v["created"].as_bool() == Some(false) {
+                println!("already babysat as MR {}", s(&v, "mr_bead_id"));
+            } else {
+                println!("MR {} babysits {pr_url}", s(&v, "mr_bead_id"));
+            }
+        }
         Cmd::Convoy(ConvoyCmd::Create { rig, title, tasks, chain, staged, merge_mode, json }) => {
             let rig = c.rig_id(&rig).await?;
             let tasks: Vec<Value> = tasks

@@ -62,6 +62,28 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand an outside PR to the town: it polls, repairs and merges it, with no refinery review.
+    Babysit {
+        /// The rig's name or id (the PR must belong to its repository).
+        #[arg(long)]
+        rig: String,
+        pr_url: String,
+        /// The PR's head branch.
+        #[arg(long)]
+        branch: String,
+        /// The PR's base branch (default: the rig's default branch).
+        #[arg(long)]
+        target_branch: Option<String>,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        head_sha: Option<String>,
+        /// Let agents fixing the PR force-push its branch.
+        #[arg(long)]
+        force_push_allowed: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Convoys: groups of beads that land together.
     #[command(subcommand)]
     Convoy(ConvoyCmd),
@@ -321,6 +343,16 @@ mod tests {
         assert_eq!((tasks.len(), chain), (2, true));
         assert!(matches!(parse(&["gastown", "evict", "--hard"]).unwrap().cmd, Cmd::Evict { hard: true }));
         assert!(matches!(parse(&["gastown", "status", "--json"]).unwrap().cmd, Cmd::Status { json: true }));
+        let cli =
+            parse(&["gastown", "babysit", "--rig", "demo", "https://github.com/a/b/pull/3", "--branch", "x"]).unwrap();
+        let Cmd::Babysit { pr_url, branch, force_push_allowed, .. } = cli.cmd else { panic!() };
+        assert_eq!(
+            (pr_url.as_str(), branch.as_str(), force_push_allowed),
+            ("https://github.com/a/b/pull/3", "x", false)
+        );
+        assert!(parse(&["gastown", "babysit", "--rig", "demo", "https://github.com/a/b/pull/3"])
+            .unwrap_err()
+            .contains("--branch"));
         let cli = parse(&["gastown", "status", "--token", "tok"]).unwrap();
         assert_eq!(cli.global.token.as_deref(), Some("tok"), "global flags go after the subcommand too");
     }
