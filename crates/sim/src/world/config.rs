@@ -177,6 +177,8 @@ pub struct Workload {
     pub close_bead_per_hour: f64,
     pub acknowledge_escalation_per_hour: f64,
     pub close_escalation_per_hour: f64,
+    /// A user deletes a live issue (picked at random; also one a polecat is working on).
+    pub delete_bead_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -190,6 +192,7 @@ impl Default for Workload {
             close_bead_per_hour: 0.0,
             acknowledge_escalation_per_hour: 0.0,
             close_escalation_per_hour: 0.0,
+            delete_bead_per_hour: 0.0,
         }
     }
 }

@@ -75,6 +75,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a bead: an agent hooked to it is released, an issue's live
+    /// reviews fail, a review's waiting source reopens (agents and convoys
+    /// cannot be deleted).
+    DeleteBead {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List agents.
     Agents {
         #[arg(long)]
@@ -321,6 +329,9 @@ mod tests {
         assert_eq!((tasks.len(), chain), (2, true));
         assert!(matches!(parse(&["gastown", "evict", "--hard"]).unwrap().cmd, Cmd::Evict { hard: true }));
         assert!(matches!(parse(&["gastown", "status", "--json"]).unwrap().cmd, Cmd::Status { json: true }));
+        let Cmd::DeleteBead { id, json } = parse(&["gastown", "delete-bead", "b-1"]).unwrap().cmd else { panic!() };
+        assert_eq!((id.as_str(), json), ("b-1", false));
+        assert!(parse(&["gastown", "delete-bead"]).is_err(), "the bead is required");
         let cli = parse(&["gastown", "status", "--token", "tok"]).unwrap();
         assert_eq!(cli.global.token.as_deref(), Some("tok"), "global flags go after the subcommand too");
     }
