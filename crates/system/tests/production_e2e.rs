@@ -279,6 +279,14 @@ fn gastown_up_merges_everything_and_survives_kill_9() {
     assert!(metrics.contains("gastown_tick_duration_seconds_count"), "{metrics}");
     assert!(metrics.contains("gastown_beads{status=\"closed\"} 12"), "{metrics}");
 
+    // A finished bead can be deleted; a second delete is a clear error.
+    let gone = &batch1[0];
+    let d = server.json(&["delete-bead", gone, "--json"]);
+    assert_eq!(d["bead_id"], gone.as_str(), "{d}");
+    assert!(!server.status_of("issue").contains_key(gone), "bead {gone} is no longer listed");
+    let (ok, _, err) = server.cli(&["delete-bead", gone]);
+    assert!(!ok && err.contains("404") && err.contains(gone.as_str()), "{err}");
+
     // ---- 3: SIGTERM drains and exits cleanly
     let status = server.sigterm();
     assert!(status.success(), "exit status after SIGTERM: {status}\n{}", server.log_tail());

@@ -155,6 +155,25 @@ pub struct UserActions {
     /// An outside contributor opens a PR and a user hands it to the town to babysit.
     #[serde(default)]
     pub adopt_pr_per_hour: f64,
+    /// A user deletes a live issue, picked at random: an open one, one a
+    /// polecat is working on (its session's later reports name a bead that is
+    /// gone), or one in review (its live reviews fail).
+    #[serde(default)]
+    pub delete_bead_per_hour: f64,
+}
+
+impl UserActions {
+    /// Each rate by its key, for validation.
+    fn rates(&self) -> [(&'static str, f64); 6] {
+        [
+            ("reset_agent_per_hour", self.reset_agent_per_hour),
+            ("close_bead_per_hour", self.close_bead_per_hour),
+            ("acknowledge_escalation_per_hour", self.acknowledge_escalation_per_hour),
+            ("close_escalation_per_hour", self.close_escalation_per_hour),
+            ("delete_bead_per_hour", self.delete_bead_per_hour),
+            ("adopt_pr_per_hour", self.adopt_pr_per_hour),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -334,6 +353,11 @@ impl Scenario {
         if let Some(a) = &self.workload.issues {
             if a.count > 0 && !(a.per_hour > 0.0 && a.per_hour.is_finite()) {
                 return Err(("per_hour", format!("issue arrivals need a positive rate, got {}", a.per_hour)));
+            }
+        }
+        for (key, rate) in self.workload.user_actions.iter().flat_map(UserActions::rates) {
+            if !(rate >= 0.0 && rate.is_finite()) {
+                return Err(("user_actions", format!("{key} must be a rate per hour of 0 or more, got {rate}")));
             }
         }
         for c in &self.workload.convoys {

@@ -130,6 +130,18 @@ fn scenario_error_semantic_mistakes_name_the_key_and_line() {
     assert_eq!(e, "s.toml:5:1: seeds: must be at least 1");
     let e = err(&with("invariants = \"all\"", "invariants = \"some\""));
     assert!(e.contains("expected \"all\" or a list"), "{e}");
+    let actions = "mayor_messages = { per_hour = 6 }\nuser_actions = { delete_bead_per_hour = -1 }";
+    let e = err(&with("mayor_messages = { per_hour = 6 }", actions));
+    assert_eq!(e, "s.toml:21:1: user_actions: delete_bead_per_hour must be a rate per hour of 0 or more, got -1");
+}
+
+#[test]
+fn user_actions_reach_the_world_config() {
+    let actions =
+        "mayor_messages = { per_hour = 6 }\nuser_actions = { delete_bead_per_hour = 2.5, reset_agent_per_hour = 1 }";
+    let s = Scenario::parse("s.toml", &with("mayor_messages = { per_hour = 6 }", actions)).unwrap();
+    let w = crate::engine::world_config(&s);
+    assert_eq!((w.workload.delete_bead_per_hour, w.workload.reset_agent_per_hour), (2.5, 1.0));
 }
 
 #[test]

@@ -178,6 +178,8 @@ pub struct Workload {
     pub acknowledge_escalation_per_hour: f64,
     pub close_escalation_per_hour: f64,
     pub adopt_pr_per_hour: f64,
+    /// A user deletes a live issue (picked at random; also one a polecat is working on).
+    pub delete_bead_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -192,6 +194,7 @@ impl Default for Workload {
             acknowledge_escalation_per_hour: 0.0,
             close_escalation_per_hour: 0.0,
             adopt_pr_per_hour: 0.0,
+            delete_bead_per_hour: 0.0,
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum Op {
         n: usize,
         rig: String,
     },
+    /// Delete the live issue at `pick` modulo their number (in creation order).
+    DeleteBead {
+        pick: u64,
+    },
 }
 
 /// Exponential gap with the given mean.
@@ -105,6 +109,12 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
             ops.push((at, Op::AdoptPr { n, rig: rig_id(rng.random_range(0..rigs)) }));
         }
     }
+    if w.delete_bead_per_hour > 0.0 {
+        // Which bead is drawn here too, so the stream does not depend on the run.
+        for at in arrivals(rng, w.delete_bead_per_hour, end, 10_000) {
+            ops.push((at, Op::DeleteBead { pick: rng.random() }));
+        }
+    }
     ops.sort_by_key(|(at, _)| *at);
     ops
 }
@@ -149,6 +159,24 @@ pub fn shape(shape: ConvoyShape, n: usize) -> Vec<Vec<usize>> {
 fn pick(sh: &Shared, sql: &str, params: impl rusqlite::Params) -> Option<String> {
     let host = sh.town()?;
     host.with_town_quietly(|t| Ok(t.conn().query_row(sql, params, |r| r.get::<_, String>(0)).ok())).ok().flatten()
+}
+
+/// The live issue at `pick` modulo their number, in creation order: the
+/// user deletes whatever is there, including one a polecat is working on.
+fn pick_live_issue(sh: &Shared, pick: u64) -> Option<String> {
+    let host = sh.town()?;
+    let live: Vec<String> = host
+        .with_town_quietly(|t| {
+            let mut st = t.conn().prepare_cached(
+                "SELECT bead_id FROM beads WHERE type = 'issue' AND status IN ('open', 'in_progress', 'in_review') \
+                 ORDER BY created_at, bead_id",
+            )?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .ok()?;
+    let n = u64::try_from(live.len()).ok().filter(|&n| n > 0)?;
+    live.into_iter().nth(usize::try_from(pick % n).ok()?)
 }
 
 /// What a reset leaves behind, checked after the call: the agent's bead, if
@@ -232,12 +260,20 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
                 Some(body) => (format!("{base}/rigs/{rig}/external-prs"), body, "adopt_pr"),
                 None => continue,
             },
+            Op::DeleteBead { pick } => match pick_live_issue(&sh, *pick) {
+                Some(b) => (format!("{base}/beads/{b}"), json!(null), "delete_bead"),
+                None => continue,
+            },
             Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/beads/{e}/close"), json!({}), "close_escalation"),
                 None => continue,
             },
         };
-        let r = http.post(url).bearer(&token).json(&body).send().await;
+        let request = match &op {
+            Op::DeleteBead { .. } => http.delete(url),
+            _ => http.post(url).json(&body),
+        };
+        let r = request.bearer(&token).send().await;
         let status = r.as_ref().map_or(0, |r| r.status);
         if let (Op::ResetAgent, Some((bead, sent)), 200) = (&op, reset_hook.take(), status) {
             if let Some(v) = reset_postcondition(&sh, &bead, sent) {
@@ -256,4 +292,30 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
     lock(&sh.records).push((super::hosts::host_now_ms(), "user", "workload done".into()));
     *lock(&sh.workload_done) = true;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn plan(delete_per_hour: f64) -> Vec<String> {
+        let mut cfg = WorldConfig::smoke();
+        cfg.workload.close_bead_per_hour = 2.0;
+        cfg.workload.delete_bead_per_hour = delete_per_hour;
+        schedule(&cfg, &mut StdRng::seed_from_u64(7)).iter().map(|(at, op)| format!("{at} {op:?}")).collect()
+    }
+
+    #[test]
+    fn deletions_are_drawn_last_with_their_pick_and_leave_the_rest_alone() {
+        let without = plan(0.0);
+        let with = plan(6.0);
+        assert_eq!(with, plan(6.0), "deterministic");
+        let deletes: Vec<&String> = with.iter().filter(|o| o.contains("DeleteBead")).collect();
+        assert!(deletes.len() >= 2, "{with:?}");
+        let picks: BTreeMap<&str, ()> = deletes.iter().map(|o| (o.split("pick: ").nth(1).unwrap(), ())).collect();
+        assert!(picks.len() > 1, "picks vary: {deletes:?}");
+        let rest: Vec<&String> = with.iter().filter(|o| !o.contains("DeleteBead")).collect();
+        assert_eq!(rest, without.iter().collect::<Vec<_>>(), "older scenarios keep their schedule");
+    }
 }

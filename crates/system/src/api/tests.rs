@@ -241,3 +241,30 @@ async fn external_prs_are_adopted_once_and_refused_with_the_reason() {
     let (s, _) = api.call("POST", path, None, Some(body)).await;
     assert_eq!(s, 401);
 }
+
+#[tokio::test]
+async fn delete_bead_route_deletes_refuses_and_answers_404_for_a_missing_bead() {
+    let api = Api::start().await;
+    let (bead, agent) = api.sling().await;
+    let path = format!("/api/towns/t1/beads/{bead}");
+    // Users only, as every user route.
+    assert_eq!(api.call("DELETE", &path, None, None).await.0, 401);
+    assert_eq!(api.call("DELETE", &path, Some(&api.agent(&agent)), None).await.0, 403);
+    assert_eq!(api.call("DELETE", &path, Some(&api.container()), None).await.0, 403);
+
+    let (s, v) = api.call("DELETE", &path, Some(&api.user()), None).await;
+    assert_eq!((s, &v["success"]), (200, &json!(true)), "{v}");
+    assert_eq!(v["data"]["bead_id"], bead.as_str());
+    assert_eq!(v["data"]["unhooked_agents"], json!([agent]), "{v}");
+    let (s, v) = api.call("GET", &path, Some(&api.user()), None).await;
+    assert_eq!(s, 404, "{v}");
+    let a = api.host.with_town(|t| t.agent(&agent)).unwrap();
+    assert_eq!((a.status, a.current_hook_bead_id), (AgentStatus::Idle, None));
+
+    let (s, v) = api.call("DELETE", &path, Some(&api.user()), None).await;
+    assert_eq!((s, &v["success"]), (404, &json!(false)), "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&bead), "the error names the bead: {v}");
+    let (s, v) = api.call("DELETE", &format!("/api/towns/t1/beads/{agent}"), Some(&api.user()), None).await;
+    assert_eq!(s, 400, "an agent is refused: {v}");
+    assert!(v["error"].as_str().unwrap().contains("agent"), "{v}");
+}

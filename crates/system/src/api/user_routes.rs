@@ -5,7 +5,7 @@ use super::{authorize_container, authorize_user, ok, parse, ApiError, ApiResult,
 use crate::auth::Scope;
 use crate::model::{BeadStatus, BeadType};
 use crate::town::babysit::{AdoptPr, Adopted};
-use crate::town::{AddRig, Agent, Bead, ConvoyCreated, Rig, SlingBead, SlingConvoy, Slung, StatusCounts};
+use crate::town::{AddRig, Agent, Bead, ConvoyCreated, DeletedBead, Rig, SlingBead, SlingConvoy, Slung, StatusCounts};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{T}/convoys/{{convoy}}/start"), post(start_convoy))
         .route(&format!("{T}/convoys/{{convoy}}/close"), post(close_convoy))
         .route(&format!("{T}/beads"), get(beads))
-        .route(&format!("{T}/beads/{{bead}}"), get(bead))
+        .route(&format!("{T}/beads/{{bead}}"), get(bead).delete(delete_bead))
         .route(&format!("{T}/beads/{{bead}}/close"), post(close_bead))
         .route(&format!("{T}/agents"), get(agents))
         .route(&format!("{T}/agents/{{agent}}/reset"), post(reset_agent))
@@ -177,6 +177,17 @@ async fn bead(
 ) -> ApiResult<Bead> {
     authorize_user(&h, &headers, &town)?;
     ok(h.with_town(|t| t.bead(&bead))?)
+}
+
+/// Delete a bead (404 when there is none; 400 for agents and convoys). The
+/// answer says what the deletion settled around it.
+async fn delete_bead(
+    State(h): State<AppState>,
+    Path((town, bead)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<DeletedBead> {
+    authorize_user(&h, &headers, &town)?;
+    ok(h.with_town(|t| t.delete_bead(&bead))?)
 }
 
 async fn close_bead(

@@ -12,6 +12,7 @@ pub mod beads;
 pub mod container_state;
 pub mod convoys;
 pub mod ctx;
+pub mod deletion;
 pub mod effects;
 pub mod escalations;
 pub mod events;
@@ -47,6 +48,7 @@ use std::sync::Arc;
 pub use agents::{Agent, Watermark};
 pub use beads::Bead;
 pub use convoys::{ConvoyCreated, ConvoyTask, SlingConvoy};
+pub use deletion::DeletedBead;
 pub use escalations::RouteEscalation;
 pub use review::{DoneReport, ExitStatus, ReviewResult};
 pub use state::{AddRig, DrainState, Rig};
@@ -493,6 +495,12 @@ impl Town {
 
     pub fn close_bead(&mut self, bead: &str, actor: &str) -> Result<Bead> {
         self.update_bead_status(bead, BeadStatus::Closed, actor)
+    }
+
+    /// Delete a bead and settle what it meant to the beads and agents around
+    /// it (see [`deletion`]). Agents and convoys are refused.
+    pub fn delete_bead(&mut self, bead: &str) -> Result<DeletedBead> {
+        self.tx(|cx| deletion::delete_bead(cx, bead))
     }
 
     // ---------------- escalations, triage, nudges ----------------

@@ -123,9 +123,16 @@ impl DoneReport {
     }
 }
 
-/// Apply an agent's `gt_done`.
+/// Apply an agent's `gt_done`. A report naming a bead that no longer exists
+/// (deleted while the session worked on it) can never apply: it fails as
+/// not found, which the drain marks inapplicable.
 pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result<()> {
     let agent = agents::get(cx, agent_id)?;
+    if let Some(named) = done.named_bead() {
+        if beads::status_of(cx, named)?.is_none() {
+            return Err(TownError::not_found("Bead", named));
+        }
+    }
     // A report about another bead than the hook comes from a session the town
     // replaced by a re-dispatch that never reached the container (a partition,
     // a failed start): that session kept working on its old bead. Upstream
@@ -134,17 +141,15 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
     // done), and a refinery's late result rewrote its new MR's PR URL.
     if let (Some(named), Some(hook)) = (done.named_bead(), agent.current_hook_bead_id.as_deref()) {
         if named != hook {
-            if beads::status_of(cx, named)?.is_some() {
-                beads::log_event(
-                    cx,
-                    named,
-                    Some(agent_id),
-                    "stale_done_ignored",
-                    Some(hook),
-                    done.pr_url.as_deref(),
-                    None,
-                )?;
-            }
+            beads::log_event(
+                cx,
+                named,
+                Some(agent_id),
+                "stale_done_ignored",
+                Some(hook),
+                done.pr_url.as_deref(),
+                None,
+            )?;
             return Ok(());
         }
     }

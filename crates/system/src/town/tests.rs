@@ -29,7 +29,7 @@ pub(crate) fn town() -> (Town, ManualClock, String) {
     town_with(TownConfig::new_town_defaults())
 }
 
-fn tick(town: &mut Town, runner: &RecordingRunner) -> TickReport {
+pub(crate) fn tick(town: &mut Town, runner: &RecordingRunner) -> TickReport {
     futures_executor(town.tick(runner)).unwrap().unwrap()
 }
 
@@ -38,8 +38,21 @@ pub(crate) fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }
 
-fn sling(town: &mut Town, rig: &str, title: &str) -> String {
+pub(crate) fn sling(town: &mut Town, rig: &str, title: &str) -> String {
     town.sling_bead(SlingBead { rig_id: rig.into(), title: title.into(), ..Default::default() }).unwrap().0.bead_id
+}
+
+/// An active convoy of `tasks` independent tasks.
+pub(crate) fn convoy(town: &mut Town, rig: &str, tasks: usize) -> ConvoyCreated {
+    let tasks = (0..tasks).map(|i| ConvoyTask { title: format!("t{i}"), ..Default::default() }).collect();
+    town.sling_convoy(SlingConvoy {
+        rig_id: rig.into(),
+        title: "c".into(),
+        tasks,
+        staged: Some(false),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -97,7 +110,7 @@ fn sling_dispatches_then_done_creates_review_then_merge_closes() {
     assert_eq!(town.bead(&mrs[0].bead_id).unwrap().status, BeadStatus::Closed);
 }
 
-fn done(branch: &str, pr: Option<&str>, bead: Option<&str>) -> DoneReport {
+pub(crate) fn done(branch: &str, pr: Option<&str>, bead: Option<&str>) -> DoneReport {
     DoneReport { branch: branch.into(), pr_url: pr.map(str::to_owned), summary: None, bead_id: bead.map(str::to_owned) }
 }
 
@@ -258,14 +271,7 @@ fn hook_refuses_unworkable_beads_triage_requests_and_double_hooks() {
     let b2 = sling(&mut town, &rig, "two");
     let e = town.hook_bead(&agent, &b2).unwrap_err();
     assert!(e.to_string().contains("unhook first"), "{e}");
-    let convoy = town
-        .sling_convoy(SlingConvoy {
-            rig_id: rig.clone(),
-            title: "c".into(),
-            tasks: vec![ConvoyTask { title: "t".into(), ..Default::default() }],
-            ..Default::default()
-        })
-        .unwrap();
+    let convoy = convoy(&mut town, &rig, 1);
     town.unhook_bead(&agent).unwrap();
     let e = town.hook_bead(&agent, &convoy.convoy_id).unwrap_err();
     assert!(e.to_string().contains("cannot be worked"), "{e}");

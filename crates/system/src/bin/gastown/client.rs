@@ -99,6 +99,11 @@ impl Client {
         unwrap(&format!("POST {path}"), &self.base, r)
     }
 
+    async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        let r = self.http.delete(self.url(path)).bearer(&self.token).send().await;
+        unwrap(&format!("DELETE {path}"), &self.base, r)
+    }
+
     /// A rig id from a name or id.
     async fn rig_id(&self, rig: &str) -> Result<String, CliError> {
         let rigs = self.get("/rigs").await?;
@@ -236,6 +241,26 @@ pub async fn user_command(c: &Client, cmd: Cmd) -> Result<(), CliError> {
         }
         Cmd::Convoy(ConvoyCmd::List { json }) => list_beads(c, Some("convoy".into()), None, json).await?,
         Cmd::Beads { ty, status, json } => list_beads(c, ty, status, json).await?,
+        Cmd::DeleteBead { id, json } => {
+            let v = c.delete(&format!("/beads/{id}")).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("bead {id} deleted");
+                for (key, what) in [
+                    ("unhooked_agents", "agents released"),
+                    ("failed_reviews", "reviews failed"),
+                    ("reopened", "sources reopened"),
+                    ("convoys", "convoys left"),
+                    ("failed_convoys", "convoys failed (no member left)"),
+                ] {
+                    let ids: Vec<&str> = v[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                    if !ids.is_empty() {
+                        println!("  {what}: {}", ids.join(" "));
+                    }
+                }
+            }
+        }
         Cmd::Agents { json } => {
             let v = c.get("/agents").await?;
             if json {

@@ -97,6 +97,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a bead: an agent hooked to it is released, an issue's live
+    /// reviews fail, a review's waiting source reopens (agents and convoys
+    /// cannot be deleted).
+    DeleteBead {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List agents.
     Agents {
         #[arg(long)]
@@ -353,6 +361,9 @@ mod tests {
         assert!(parse(&["gastown", "babysit", "--rig", "demo", "https://github.com/a/b/pull/3"])
             .unwrap_err()
             .contains("--branch"));
+        let Cmd::DeleteBead { id, json } = parse(&["gastown", "delete-bead", "b-1"]).unwrap().cmd else { panic!() };
+        assert_eq!((id.as_str(), json), ("b-1", false));
+        assert!(parse(&["gastown", "delete-bead"]).is_err(), "the bead is required");
         let cli = parse(&["gastown", "status", "--token", "tok"]).unwrap();
         assert_eq!(cli.global.token.as_deref(), Some("tok"), "global flags go after the subcommand too");
     }
