@@ -15,31 +15,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One user operation. `DeleteBead` deletes the live issue at `pick` modulo
+/// their number, in creation order.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Sling {
-        rig: String,
-        title: String,
-    },
-    Convoy {
-        index: usize,
-        rig: String,
-        plan: ConvoyPlan,
-    },
-    StartConvoy {
-        index: usize,
-    },
-    MayorMessage {
-        text: String,
-    },
+    Sling { rig: String, title: String },
+    Convoy { index: usize, rig: String, plan: ConvoyPlan },
+    StartConvoy { index: usize },
+    MayorMessage { text: String },
     ResetAgent,
     CloseBead,
     AcknowledgeEscalation,
     CloseEscalation,
-    /// Delete the live issue at `pick` modulo their number (in creation order).
-    DeleteBead {
-        pick: u64,
-    },
+    DeleteBead { pick: u64 },
 }
 
 /// Exponential gap with the given mean.
