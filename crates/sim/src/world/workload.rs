@@ -15,36 +15,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One user operation. `AdoptPr` is an outside contributor's PR, handed to
+/// the town to babysit; `DeleteBead` deletes the live issue at `pick` modulo
+/// their number, in creation order.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Sling {
-        rig: String,
-        title: String,
-    },
-    Convoy {
-        index: usize,
-        rig: String,
-        plan: ConvoyPlan,
-    },
-    StartConvoy {
-        index: usize,
-    },
-    MayorMessage {
-        text: String,
-    },
+    Sling { rig: String, title: String },
+    Convoy { index: usize, rig: String, plan: ConvoyPlan },
+    StartConvoy { index: usize },
+    MayorMessage { text: String },
     ResetAgent,
     CloseBead,
     AcknowledgeEscalation,
     CloseEscalation,
-    /// An outside contributor's PR, handed to the town to babysit.
-    AdoptPr {
-        n: usize,
-        rig: String,
-    },
-    /// Delete the live issue at `pick` modulo their number (in creation order).
-    DeleteBead {
-        pick: u64,
-    },
+    AdoptPr { n: usize, rig: String },
+    DeleteBead { pick: u64 },
 }
 
 /// Exponential gap with the given mean.
