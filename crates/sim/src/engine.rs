@@ -76,6 +76,8 @@ pub fn world_config(sc: &Scenario) -> WorldConfig {
         done_twice: p(a.done_twice),
         crash: p(a.crash),
         hang: p(a.hang),
+        silent_hang: p(a.silent_hang),
+        stop_hangs: p(a.stop_hangs),
         start_failure: p(a.start_failure),
         request_changes: p(a.request_changes),
     };

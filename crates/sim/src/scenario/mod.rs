@@ -186,6 +186,10 @@ pub struct AgentsSection {
     pub done_twice: Prob,
     pub crash: Prob,
     pub hang: Prob,
+    /// A session wedged before its first SDK event (first turns only).
+    pub silent_hang: Prob,
+    /// Per hang of either kind: a stop cannot end the wedged session.
+    pub stop_hangs: Prob,
     pub start_failure: Prob,
     pub request_changes: Prob,
 }
@@ -200,6 +204,8 @@ impl Default for AgentsSection {
             done_twice: Prob::default(),
             crash: Prob::default(),
             hang: Prob::default(),
+            silent_hang: Prob::default(),
+            stop_hangs: Prob::default(),
             start_failure: Prob::default(),
             request_changes: Prob::default(),
         }

@@ -180,3 +180,12 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn wedged_session_faults_reach_the_world() {
+    let text = with("hang = [0.0, 0.02]", "hang = [0.0, 0.02]\nsilent_hang = [0.1, 0.2]\nstop_hangs = 0.5");
+    let w = crate::engine::world_config(&Scenario::parse("s.toml", &text).unwrap());
+    assert_eq!((w.agents.silent_hang, w.agents.stop_hangs), ((0.1, 0.2), (0.5, 0.5)));
+    let e = err(&with("hang = [0.0, 0.02]", "stop_hangs = [0.5, 1.5]"));
+    assert!(e.starts_with("s.toml:") && e.contains("[0.5, 1.5] must lie within [0, 1]"), "{e}");
+}

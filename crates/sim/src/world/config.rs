@@ -210,6 +210,10 @@ pub struct AgentRanges {
     pub done_twice: RangeF,
     pub crash: RangeF,
     pub hang: RangeF,
+    /// Per first turn: wedged before the first SDK event (see `ScriptConfig::p_silent_hang`).
+    pub silent_hang: RangeF,
+    /// Per hang of either kind: the stop's abort never answers (see `ScriptConfig::p_stop_hangs`).
+    pub stop_hangs: RangeF,
     pub start_failure: RangeF,
     pub request_changes: RangeF,
 }
@@ -224,6 +228,8 @@ impl Default for AgentRanges {
             done_twice: (0.0, 0.0),
             crash: (0.0, 0.0),
             hang: (0.0, 0.0),
+            silent_hang: (0.0, 0.0),
+            stop_hangs: (0.0, 0.0),
             start_failure: (0.0, 0.0),
             request_changes: (0.0, 0.0),
         }

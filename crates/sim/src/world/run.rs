@@ -306,6 +306,9 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
         p_crash: draw(&mut swarm, a.crash),
         p_hang: draw(&mut swarm, a.hang),
         p_request_changes: draw(&mut swarm, a.request_changes),
+        // Drawn last: a scenario without them samples everything else as before.
+        p_silent_hang: draw(&mut swarm, a.silent_hang),
+        p_stop_hangs: draw(&mut swarm, a.stop_hangs),
     };
     let rates: BTreeMap<String, f64> = FAULT_KINDS
         .iter()

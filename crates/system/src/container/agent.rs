@@ -105,6 +105,12 @@ impl AgentIo {
         self.container.record_activity(self.agent_id(), self.generation, event_type, tools);
     }
 
+    /// The session's SDK server stops answering: a stop cannot finish
+    /// aborting it, so the stop leaves it `stopping` (see `Container::stop`).
+    pub fn wedge(&self) {
+        self.container.wedge(self.agent_id(), self.generation);
+    }
+
     /// Write an assistant turn into the session database.
     pub fn assistant_turn(&self, text: &str) {
         let now = self.now();
@@ -226,8 +232,18 @@ pub struct ScriptConfig {
     pub p_done_twice: f64,
     /// Per turn: the session dies mid-turn.
     pub p_crash: f64,
-    /// Per turn: the session goes silent forever.
+    /// Per turn: the session goes silent forever (after one SDK event).
     pub p_hang: f64,
+    /// Per first turn: the session wedges at startup, before its first SDK
+    /// event, and never ends the turn; the container still heart-beats it.
+    /// Upstream's event subscription can end this way (container spec §2.4:
+    /// no stream returned, or a stream that ends cleanly), which leaves GUPP
+    /// nothing but the dispatch time to measure the silence from.
+    pub p_silent_hang: f64,
+    /// Per hang (either kind): the wedged session never answers the abort of
+    /// a stop, so the stop leaves it `stopping` for good (upstream's
+    /// `stopAgent` awaits `session.abort` before the session is `exited`).
+    pub p_stop_hangs: f64,
     /// Refinery: request changes instead of approving.
     pub p_request_changes: f64,
 }
@@ -246,6 +262,8 @@ impl Default for ScriptConfig {
             p_done_twice: 0.0,
             p_crash: 0.0,
             p_hang: 0.0,
+            p_silent_hang: 0.0,
+            p_stop_hangs: 0.0,
             p_request_changes: 0.0,
         }
     }
@@ -256,8 +274,9 @@ impl Default for ScriptConfig {
 /// reproducible from its seed.
 impl ScriptConfig {
     /// The same agents with their faults taken away: no failed or slow
-    /// starts, crashes, hangs, forgotten PRs or `gt_done`s, or second
-    /// `gt_done`s. Work and review behaviour stay as they were.
+    /// starts, crashes, hangs of either kind (nor stops that hang), forgotten
+    /// PRs or `gt_done`s, or second `gt_done`s. Work and review behaviour
+    /// stay as they were.
     pub fn without_faults(&self) -> ScriptConfig {
         let fast = ScriptConfig::default().start_ms.1;
         ScriptConfig {
@@ -268,6 +287,8 @@ impl ScriptConfig {
             p_done_twice: 0.0,
             p_crash: 0.0,
             p_hang: 0.0,
+            p_silent_hang: 0.0,
+            p_stop_hangs: 0.0,
             ..self.clone()
         }
     }
@@ -327,7 +348,10 @@ pub struct ScriptedAgent {
 enum Fate {
     Normal,
     Crash,
+    /// Silent after one SDK event.
     Hang,
+    /// Silent from the start: not a single SDK event (first turns only).
+    SilentHang,
 }
 
 impl ScriptedAgent {
@@ -347,15 +371,28 @@ impl ScriptedAgent {
     fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.rng.random::<f64>() < p
     }
-    fn fate(&mut self) -> Fate {
+    /// One draw decides a turn's fate; a silent hang only befalls a first turn.
+    fn fate(&mut self, first: bool) -> Fate {
         let r: f64 = self.rng.random();
+        let silent = if first { self.config.p_silent_hang } else { 0.0 };
         if r < self.config.p_crash {
             Fate::Crash
         } else if r < self.config.p_crash + self.config.p_hang {
             Fate::Hang
+        } else if r < self.config.p_crash + self.config.p_hang + silent {
+            Fate::SilentHang
         } else {
             Fate::Normal
         }
+    }
+
+    /// The session goes silent for good (this never returns); maybe so
+    /// wedged that a stop's abort never answers either.
+    async fn hang(&mut self, io: &AgentIo) {
+        if self.chance(self.config.p_stop_hangs) {
+            io.wedge();
+        }
+        std::future::pending::<()>().await;
     }
 
     /// Work for `total` ms, with activity events along the way.
@@ -373,7 +410,7 @@ impl ScriptedAgent {
 
     async fn first_turn(&mut self, io: &AgentIo) -> TurnEnd {
         let work = self.ms(self.config.work_ms);
-        let fate = self.fate();
+        let fate = self.fate(true);
         match fate {
             Fate::Crash => {
                 let partial = self.rng.random_range(0..=work);
@@ -382,8 +419,9 @@ impl ScriptedAgent {
             }
             Fate::Hang => {
                 io.activity("session.status", &["bash"]);
-                std::future::pending::<()>().await;
+                self.hang(io).await;
             }
+            Fate::SilentHang => self.hang(io).await,
             Fate::Normal => {}
         }
         match io.role() {
@@ -456,13 +494,13 @@ impl ScriptedAgent {
     }
 
     async fn later_turn(&mut self, io: &AgentIo, prompt: &str) -> TurnEnd {
-        match self.fate() {
+        match self.fate(false) {
             Fate::Crash => return TurnEnd::Crash("scripted crash".into()),
             Fate::Hang => {
                 io.activity("session.status", &[]);
-                std::future::pending::<()>().await;
+                self.hang(io).await;
             }
-            Fate::Normal => {}
+            Fate::SilentHang | Fate::Normal => {}
         }
         let d = self.ms(self.config.reply_ms);
         self.work(io, d, &[]).await;
@@ -576,9 +614,47 @@ mod tests {
             })
             .collect();
         assert_eq!(done, vec!["p1 true"], "no hang, no forgotten gt_done or PR");
-        let healed = ScriptConfig { start_ms: (100, 90_000), p_done_twice: 1.0, p_crash: 1.0, ..quick_script() };
+        let healed = ScriptConfig {
+            start_ms: (100, 90_000),
+            p_done_twice: 1.0,
+            p_crash: 1.0,
+            p_silent_hang: 1.0,
+            p_stop_hangs: 1.0,
+            ..quick_script()
+        };
         let h = healed.without_faults();
         assert_eq!((h.start_ms, h.p_done_twice, h.p_crash, h.work_ms), ((100, 2_000), 0.0, 0.0, healed.work_ms));
+        assert_eq!((h.p_silent_hang, h.p_stop_hangs), (0.0, 0.0));
+    }
+
+    fn scripted(config: ScriptConfig) -> ScriptedAgent {
+        ScriptedAgent {
+            config,
+            pr: Arc::new(PatternPrOpener::default()),
+            rng: SmallRng::seed_from_u64(5),
+            turns: 0,
+            heal: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_silent_hang_befalls_first_turns_only_and_shares_the_fate_draw() {
+        let mut a = scripted(ScriptConfig { p_silent_hang: 1.0, ..ScriptConfig::default() });
+        assert!(matches!(a.fate(true), Fate::SilentHang));
+        assert!(matches!(a.fate(false), Fate::Normal), "a later turn has had its SDK events");
+        // Crash and hang keep their share of the draw: the same seed gives
+        // the same fates with or without a silent hang configured.
+        let base = ScriptConfig { p_crash: 0.3, p_hang: 0.3, ..ScriptConfig::default() };
+        let (mut with, mut without) = (scripted(ScriptConfig { p_silent_hang: 0.4, ..base.clone() }), scripted(base));
+        for _ in 0..200 {
+            let (x, y) = (with.fate(true), without.fate(true));
+            match (x, y) {
+                (Fate::Crash, Fate::Crash) | (Fate::Hang, Fate::Hang) | (Fate::SilentHang, Fate::Normal) => {}
+                (x, y) => {
+                    panic!("fates diverged: {:?} vs {:?}", std::mem::discriminant(&x), std::mem::discriminant(&y))
+                }
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

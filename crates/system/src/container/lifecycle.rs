@@ -29,6 +29,9 @@ pub enum StartError {
 pub enum StopError {
     #[error("agent {0} not found")]
     NotFound(String),
+    /// The session never answered the abort: it stays `stopping`.
+    #[error("agent {0} did not answer the abort; it stays stopping")]
+    AbortHung(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +141,7 @@ impl Container {
                     mailbox: None,
                     abort_start: Some(tx),
                     db: None,
+                    wedged: false,
                 },
             );
             (generation, rx, replaced)
@@ -306,6 +310,12 @@ impl Container {
 
     /// `POST /agents/:id/stop`: end the session without `/completed` (the
     /// town asked for it). Answers whether a live session was stopped.
+    ///
+    /// A wedged session never answers the abort (upstream awaits
+    /// `session.abort` between `stopping` and `exited`): its stream is cut,
+    /// but it stays `stopping` for good, neither heart-beaten nor synced to
+    /// the registry nor snapshotted, until a new start replaces it. The
+    /// caller gets an error instead of upstream's request that never answers.
     pub fn stop(&self, agent_id: &str) -> Result<bool, StopError> {
         let req = {
             let mut st = self.st();
@@ -313,7 +323,12 @@ impl Container {
             if !r.live() {
                 return Ok(false);
             }
-            r.status = ProcessStatus::Stopping;
+            if r.wedged {
+                r.halt(ProcessStatus::Stopping, REASON_STOPPED);
+                r.exit_reason = None;
+                tracing::warn!(agent_id, "stop: the wedged session never answers the abort");
+                return Err(StopError::AbortHung(agent_id.to_owned()));
+            }
             r.halt(ProcessStatus::Exited, REASON_STOPPED);
             r.request.clone()
         };
@@ -548,12 +563,65 @@ mod tests {
         assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Failed);
         assert_eq!(completed_calls(&r.town)[0].status, ExitStatus::Failed);
 
+        // A hang leaves one SDK event behind; a silent hang (wedged at
+        // startup) not one, so the town sees no `last_event_at` at all.
+        for (script, events) in [
+            (ScriptConfig { p_hang: 1.0, ..quick_script() }, true),
+            (ScriptConfig { p_silent_hang: 1.0, ..quick_script() }, false),
+        ] {
+            let r = rig(script);
+            r.c.start(request("p1", AgentRole::Polecat)).await.unwrap();
+            sleep_s(3_600).await;
+            assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Running);
+            assert_eq!(r.town.count("done"), 0);
+            let beats = heartbeats_of(&r.town, "p1");
+            assert!(beats.len() >= 100, "a hung session still heart-beats: {}", beats.len());
+            assert!(beats.iter().all(|b| b.last_event_at.is_some() == events), "{beats:?}");
+            assert_eq!(r.c.stop("p1"), Ok(true), "an ordinary stop ends it");
+            assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Exited);
+        }
+    }
+
+    fn heartbeats_of(t: &super::super::fake_town::FakeTown, agent: &str) -> Vec<crate::wire::HeartbeatBody> {
+        t.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                TownCall::Heartbeat(a, b) if a.agent_id == agent => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A wedged session never answers the abort: the stop leaves it
+    /// `stopping`, no longer heart-beaten, still in the registry, and a
+    /// later stop changes nothing; a new start replaces it.
+    #[tokio::test(start_paused = true)]
+    async fn lifecycle_a_stop_that_hangs_leaves_the_session_stopping() {
+        for script in [
+            ScriptConfig { p_hang: 1.0, p_stop_hangs: 1.0, ..quick_script() },
+            ScriptConfig { p_silent_hang: 1.0, p_stop_hangs: 1.0, ..quick_script() },
+        ] {
+            let r = rig(script);
+            r.c.start(request("p1", AgentRole::Polecat)).await.unwrap();
+            sleep_s(60).await;
+            assert_eq!(r.c.stop("p1"), Err(StopError::AbortHung("p1".into())));
+            let st = r.c.status("p1").unwrap();
+            assert_eq!((st.status, st.exit_reason), (ProcessStatus::Stopping, None));
+            assert_eq!(r.c.health().agents, 0, "a stopping session is not live");
+            let beats = heartbeats_of(&r.town, "p1").len();
+            sleep_s(600).await;
+            assert_eq!(heartbeats_of(&r.town, "p1").len(), beats, "no heartbeat for a stopping session");
+            assert_eq!(r.town.registry().len(), 1, "the abort never finished: no registry sync");
+            assert_eq!(r.c.stop("p1"), Ok(false), "stopping is not live: a second stop is a no-op");
+            assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Stopping);
+            assert!(completed_calls(&r.town).is_empty());
+            let again = r.c.start(request("p1", AgentRole::Polecat)).await.unwrap();
+            assert_eq!(again.status, ProcessStatus::Running, "a re-dispatch replaces the stuck record");
+        }
         let r = rig(ScriptConfig { p_hang: 1.0, ..quick_script() });
         r.c.start(request("p1", AgentRole::Polecat)).await.unwrap();
-        sleep_s(3_600).await;
-        assert_eq!(r.c.status("p1").unwrap().status, ProcessStatus::Running);
-        assert_eq!(r.town.count("done"), 0);
-        assert!(r.town.count("heartbeat") >= 100, "a hung session still heart-beats");
+        sleep_s(60).await;
+        assert_eq!(r.c.stop("p1"), Ok(true), "without the wedge a hung session stops");
     }
 
     #[tokio::test(start_paused = true)]

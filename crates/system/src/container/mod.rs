@@ -187,6 +187,8 @@ struct AgentRecord {
     mailbox: Option<mpsc::UnboundedSender<String>>,
     abort_start: Option<oneshot::Sender<()>>,
     db: Option<Arc<Mutex<SessionDb>>>,
+    /// The session's SDK server no longer answers: a stop cannot finish.
+    wedged: bool,
 }
 
 impl AgentRecord {
@@ -420,6 +422,15 @@ impl Container {
         r.active_tools = tools;
         // The agent is working again: a pending idle timer no longer applies.
         r.clear_idle();
+    }
+
+    /// The current session of `agent_id` stopped answering its SDK calls.
+    fn wedge(&self, agent_id: &str, generation: u64) {
+        let mut st = self.st();
+        if let Some(r) = st.agents.get_mut(agent_id).filter(|r| r.generation == generation && r.live()) {
+            tracing::warn!(agent_id, "session wedged: its SDK server no longer answers");
+            r.wedged = true;
+        }
     }
 
     /// Run `fut` in the background; the container never waits for it.

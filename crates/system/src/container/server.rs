@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /health` | [`Health`]; with `x-drain-nonce` + `x-town-id` headers, answers `/container-ready` once |
 //! | `POST /agents/start` | 201 [`AgentProcessStatus`]; 400 malformed; 503 draining; 500 start failed |
-//! | `POST /agents/{id}/stop` | `{"stopped": bool}`; 404 unknown |
+//! | `POST /agents/{id}/stop` | `{"stopped": bool}`; 404 unknown; 504 the session never answered the abort |
 //! | `POST /agents/{id}/message` | `{"sent": true}`; 400 malformed; 404 unknown; 409 not running |
 //! | `GET /agents/{id}/status` | [`AgentProcessStatus`]; 404 unknown |
 //! | `POST /refresh-token` | `{"refreshed": true}`; 400 malformed or empty token |
@@ -89,6 +89,7 @@ async fn stop(State(c): State<Container>, Path(id): Path<String>) -> Response {
     match c.stop(&id) {
         Ok(stopped) => Json(json!({ "stopped": stopped })).into_response(),
         Err(e @ StopError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
+        Err(e @ StopError::AbortHung(_)) => error(StatusCode::GATEWAY_TIMEOUT, e),
     }
 }
 
@@ -136,12 +137,19 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    /// The control server over real loopback TCP (normal runtime, real time).
-    #[tokio::test]
-    async fn server_answers_201_404_400_409_503_over_loopback_tcp() {
+    /// A container with `script`'s agents, its control server on loopback TCP.
+    struct Served {
+        c: Container,
+        town: Arc<FakeTown>,
+        base: String,
+        http: HttpClient,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn serve(script: ScriptConfig) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let town = FakeTown::new();
-        let script = ScriptConfig { work_ms: (3_600_000, 3_600_000), ..quick_script() };
         let c = Container::new(
             ContainerConfig::new(dir.path(), "inst-http"),
             Arc::new(TokioClock::new(Timestamp(T0))),
@@ -155,6 +163,14 @@ mod tests {
             async move { c.serve(listener).await }
         });
         let http = HttpClient::new(Arc::new(TokioConnector), Duration::from_secs(10));
+        Served { c, town, base, http, server, _dir: dir }
+    }
+
+    /// The control server over real loopback TCP (normal runtime, real time).
+    #[tokio::test]
+    async fn server_answers_201_404_400_409_503_over_loopback_tcp() {
+        let s = serve(ScriptConfig { work_ms: (3_600_000, 3_600_000), ..quick_script() }).await;
+        let (c, town, base, http, server) = (&s.c, &s.town, &s.base, &s.http, &s.server);
 
         let h: Health = http.get(format!("{base}/health")).send_json().await.unwrap().unwrap();
         assert_eq!((h.agents, h.draining, h.instance_id.as_str()), (0, false, "inst-http"));
@@ -223,5 +239,25 @@ mod tests {
         let h: Health = http.get(format!("{base}/health")).send_json().await.unwrap().unwrap();
         assert!(h.draining);
         server.abort();
+    }
+
+    /// A stop the wedged session never lets finish answers 504; the session
+    /// stays `stopping`, and a second stop is a no-op.
+    #[tokio::test]
+    async fn server_answers_504_when_the_abort_never_answers() {
+        let s = serve(ScriptConfig { p_hang: 1.0, p_stop_hangs: 1.0, ..quick_script() }).await;
+        let (base, http) = (&s.base, &s.http);
+        let resp =
+            http.post(format!("{base}/agents/start")).json(&request("p1", AgentRole::Polecat)).send().await.unwrap();
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        tokio::time::sleep(Duration::from_millis(50)).await; // the first turn hangs at once
+        let resp = http.post(format!("{base}/agents/p1/stop")).send().await.unwrap();
+        assert_eq!(resp.status, 504, "{}", resp.text());
+        assert!(resp.text().contains("did not answer the abort"), "{}", resp.text());
+        let st: AgentProcessStatus = http.get(format!("{base}/agents/p1/status")).send_json().await.unwrap().unwrap();
+        assert_eq!(st.status, ProcessStatus::Stopping);
+        let resp = http.post(format!("{base}/agents/p1/stop")).send().await.unwrap();
+        assert_eq!((resp.status, resp.text().contains("false")), (200, true));
+        s.server.abort();
     }
 }
