@@ -3,8 +3,9 @@
 //! simulation (`crate::world`).
 
 use crate::report::{BeadCounts, SeedFailure, SeedOutcome};
-use crate::scenario::{ConvoyMergeMode, ConvoyShape, Dur, MergeStrategy, Range, Scenario};
+use crate::scenario::{ConvoyMergeMode, ConvoyShape, Dur, MergeStrategy, Prob, Range, RoleAgents, Scenario};
 use crate::world::{self, RunOptions, WorldConfig};
+use gastown::model::AgentRole;
 
 fn ms(r: Range<Dur>) -> (u64, u64) {
     (r.lo.ms(), r.hi.ms())
@@ -14,6 +15,21 @@ fn mode(m: ConvoyMergeMode) -> world::ConvoyMergeMode {
     match m {
         ConvoyMergeMode::ReviewThenLand => world::ConvoyMergeMode::ReviewThenLand,
         ConvoyMergeMode::ReviewAndMerge => world::ConvoyMergeMode::ReviewAndMerge,
+    }
+}
+
+fn role_ranges(r: &RoleAgents) -> world::RoleRanges {
+    let p = |x: Option<Prob>| x.map(|x| (x.0.lo, x.0.hi));
+    world::RoleRanges {
+        work_ms: r.work_time.map(ms),
+        start_ms: r.start_time.map(ms),
+        forget_pr: p(r.forget_pr),
+        skip_done: p(r.skip_done),
+        done_twice: p(r.done_twice),
+        crash: p(r.crash),
+        hang: p(r.hang),
+        start_failure: p(r.start_failure),
+        request_changes: p(r.request_changes),
     }
 }
 
@@ -80,6 +96,10 @@ pub fn world_config(sc: &Scenario) -> WorldConfig {
         stop_hangs: p(a.stop_hangs),
         start_failure: p(a.start_failure),
         request_changes: p(a.request_changes),
+        roles: [(AgentRole::Polecat, &a.polecat), (AgentRole::Refinery, &a.refinery), (AgentRole::Mayor, &a.mayor)]
+            .into_iter()
+            .filter_map(|(role, r)| r.as_ref().map(|r| (role, role_ranges(r))))
+            .collect(),
     };
     let pe = &sc.people;
     let d = world::People::default();

@@ -192,6 +192,26 @@ pub struct AgentsSection {
     pub stop_hangs: Prob,
     pub start_failure: Prob,
     pub request_changes: Prob,
+    /// `[agents.polecat]`, `[agents.refinery]`, `[agents.mayor]`: that
+    /// role's own values, in place of the ones above.
+    pub polecat: Option<RoleAgents>,
+    pub refinery: Option<RoleAgents>,
+    pub mayor: Option<RoleAgents>,
+}
+
+/// One role's departures from `[agents]`: the same keys, each optional.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleAgents {
+    pub work_time: Option<Range<Dur>>,
+    pub start_time: Option<Range<Dur>>,
+    pub forget_pr: Option<Prob>,
+    pub skip_done: Option<Prob>,
+    pub done_twice: Option<Prob>,
+    pub crash: Option<Prob>,
+    pub hang: Option<Prob>,
+    pub start_failure: Option<Prob>,
+    pub request_changes: Option<Prob>,
 }
 
 impl Default for AgentsSection {
@@ -208,6 +228,9 @@ impl Default for AgentsSection {
             stop_hangs: Prob::default(),
             start_failure: Prob::default(),
             request_changes: Prob::default(),
+            polecat: None,
+            refinery: None,
+            mayor: None,
         }
     }
 }

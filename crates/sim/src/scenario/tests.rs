@@ -145,6 +145,33 @@ fn user_actions_reach_the_world_config() {
 }
 
 #[test]
+fn role_tables_override_the_base_agents_for_that_role() {
+    let text =
+        with("hang = [0.0, 0.02]\n", "hang = [0.0, 0.02]\n[agents.refinery]\ncrash = [0.5, 0.8]\nwork_time = \"1m\"\n");
+    let s = Scenario::parse("s.toml", &text).unwrap();
+    let r = s.agents.refinery.as_ref().expect("the refinery table");
+    assert_eq!(r.crash, Some(Prob(Range { lo: 0.5, hi: 0.8 })));
+    assert_eq!(r.work_time, Some(Range::exactly(Dur(60_000))));
+    assert!(r.skip_done.is_none() && s.agents.polecat.is_none());
+    let w = crate::engine::world_config(&s);
+    let role = &w.agents.roles[&gastown::model::AgentRole::Refinery];
+    assert_eq!((role.crash, role.work_ms, role.skip_done), (Some((0.5, 0.8)), Some((60_000, 60_000)), None));
+    assert_eq!(w.agents.roles.len(), 1, "roles without a table are not listed");
+}
+
+#[test]
+fn scenario_error_role_tables_name_unknown_keys_roles_and_bad_values() {
+    let table = |body: &str| with("hang = [0.0, 0.02]\n", &format!("hang = [0.0, 0.02]\n{body}"));
+    let e = err(&table("[agents.refinery]\ncrsh = 0.5\n"));
+    assert!(e.starts_with("s.toml:26:1: unknown field `crsh`, expected one of `work_time`, `start_time`"), "{e}");
+    let e = err(&table("[agents.triage]\ncrash = 0.5\n"));
+    assert!(e.starts_with("s.toml:"), "{e}");
+    assert!(e.contains("unknown field `triage`") && e.contains("`polecat`, `refinery`, `mayor`"), "{e}");
+    let e = err(&table("[agents.polecat]\ncrash = [0.2, 1.5]\n"));
+    assert!(e.starts_with("s.toml:26:9: probability range [0.2, 1.5] must lie within [0, 1]"), "{e}");
+}
+
+#[test]
 fn scenario_error_missing_required_key() {
     let e = err(&with("converge_within = \"45m\"\n", ""));
     assert!(e.contains("missing field `converge_within`"), "{e}");

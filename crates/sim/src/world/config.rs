@@ -1,6 +1,7 @@
 //! What a scenario can set for one world: plain data, serialisable, with
 //! ranges that are sampled per seed (swarm testing).
 
+use gastown::model::AgentRole;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -216,6 +217,23 @@ pub struct AgentRanges {
     pub stop_hangs: RangeF,
     pub start_failure: RangeF,
     pub request_changes: RangeF,
+    /// Where a role's sessions behave otherwise (`None` keeps the value above).
+    pub roles: BTreeMap<AgentRole, RoleRanges>,
+}
+
+/// One role's departures from [`AgentRanges`], sampled per seed like them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RoleRanges {
+    pub work_ms: Option<RangeMs>,
+    pub start_ms: Option<RangeMs>,
+    pub forget_pr: Option<RangeF>,
+    pub skip_done: Option<RangeF>,
+    pub done_twice: Option<RangeF>,
+    pub crash: Option<RangeF>,
+    pub hang: Option<RangeF>,
+    pub start_failure: Option<RangeF>,
+    pub request_changes: Option<RangeF>,
 }
 
 impl Default for AgentRanges {
@@ -232,6 +250,7 @@ impl Default for AgentRanges {
             stop_hangs: (0.0, 0.0),
             start_failure: (0.0, 0.0),
             request_changes: (0.0, 0.0),
+            roles: BTreeMap::new(),
         }
     }
 }

@@ -24,7 +24,7 @@ mod workload;
 
 pub use config::{
     AgentRanges, ConvoyMergeMode, ConvoyPlan, ConvoyShape, Expect, FaultRanges, MergeStrategy, People, RangeF, RangeMs,
-    TimelineEntry, TownSettings, Workload, WorldConfig,
+    RoleRanges, TimelineEntry, TownSettings, Workload, WorldConfig,
 };
 pub use measure::Percentiles;
 pub use oracles::{INVARIANTS, LIVENESS};

@@ -9,7 +9,7 @@ use super::people::PrCare;
 use super::seeds::Seeds;
 use super::{oracles, BeadCounts, Failure, RunOptions, SeedReport, FAULT_KINDS};
 use crate::trace::Trace;
-use gastown::container::ScriptConfig;
+use gastown::container::{RoleScript, ScriptConfig};
 use gastown::time::Timestamp;
 use gastown::town::invariants::{alarm_postponed, Checker, Violation};
 use hdrhistogram::Histogram;
@@ -42,6 +42,24 @@ fn draw_ms(rng: &mut StdRng, (lo, hi): (u64, u64)) -> u64 {
         rng.random_range(lo..=hi)
     } else {
         lo
+    }
+}
+
+/// One role's behaviour for this seed: its probabilities are drawn per seed
+/// like the base ones, in role order. A file without role tables draws
+/// nothing more, so its seeds run as they did before roles existed.
+fn role_script(swarm: &mut StdRng, r: &super::RoleRanges) -> RoleScript {
+    let mut p = |range: Option<(f64, f64)>| range.map(|x| draw(swarm, x));
+    RoleScript {
+        start_ms: r.start_ms,
+        p_start_failure: p(r.start_failure),
+        work_ms: r.work_ms,
+        p_done: p(r.skip_done).map(|skip| 1.0 - skip),
+        p_open_pr: p(r.forget_pr).map(|forget| 1.0 - forget),
+        p_done_twice: p(r.done_twice),
+        p_crash: p(r.crash),
+        p_hang: p(r.hang),
+        p_request_changes: p(r.request_changes),
     }
 }
 
@@ -309,6 +327,7 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
         // Drawn last: a scenario without them samples everything else as before.
         p_silent_hang: draw(&mut swarm, a.silent_hang),
         p_stop_hangs: draw(&mut swarm, a.stop_hangs),
+        roles: a.roles.iter().map(|(role, r)| (*role, role_script(&mut swarm, r))).collect(),
     };
     let rates: BTreeMap<String, f64> = FAULT_KINDS
         .iter()
@@ -527,5 +546,30 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
 impl World {
     fn trace_saw_workload_done(&self) -> bool {
         *lock(&self.sh.workload_done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_role_draws_only_its_own_values_and_skips_become_chances_to_act() {
+        let r = super::super::RoleRanges {
+            work_ms: Some((1_000, 2_000)),
+            skip_done: Some((0.25, 0.25)),
+            forget_pr: Some((1.0, 1.0)),
+            crash: Some((0.5, 0.75)),
+            ..Default::default()
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        let s = role_script(&mut rng, &r);
+        assert_eq!((s.work_ms, s.p_done, s.p_open_pr), (Some((1_000, 2_000)), Some(0.75), Some(0.0)));
+        assert!(s.p_crash.is_some_and(|p| (0.5..=0.75).contains(&p)), "{:?}", s.p_crash);
+        assert_eq!((s.start_ms, s.p_hang, s.p_done_twice, s.p_request_changes), (None, None, None, None));
+        let mut untouched = StdRng::seed_from_u64(3);
+        let _ = role_script(&mut untouched, &super::super::RoleRanges::default());
+        assert_eq!(untouched.random::<u64>(), StdRng::seed_from_u64(3).random::<u64>(), "no table, no draw");
     }
 }

@@ -22,6 +22,7 @@ use crate::wire::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -246,6 +247,24 @@ pub struct ScriptConfig {
     pub p_stop_hangs: f64,
     /// Refinery: request changes instead of approving.
     pub p_request_changes: f64,
+    /// Where a role behaves differently from the values above (say,
+    /// refineries that crash while polecats work well).
+    pub roles: BTreeMap<AgentRole, RoleScript>,
+}
+
+/// One role's departures from the base [`ScriptConfig`]; `None` keeps the
+/// base value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoleScript {
+    pub start_ms: Option<(u64, u64)>,
+    pub p_start_failure: Option<f64>,
+    pub work_ms: Option<(u64, u64)>,
+    pub p_done: Option<f64>,
+    pub p_open_pr: Option<f64>,
+    pub p_done_twice: Option<f64>,
+    pub p_crash: Option<f64>,
+    pub p_hang: Option<f64>,
+    pub p_request_changes: Option<f64>,
 }
 
 impl Default for ScriptConfig {
@@ -265,6 +284,7 @@ impl Default for ScriptConfig {
             p_silent_hang: 0.0,
             p_stop_hangs: 0.0,
             p_request_changes: 0.0,
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -279,8 +299,23 @@ impl ScriptConfig {
     /// stay as they were.
     pub fn without_faults(&self) -> ScriptConfig {
         let fast = ScriptConfig::default().start_ms.1;
+        let quick = |(lo, hi): (u64, u64)| (lo.min(fast), hi.min(fast));
+        // A role's faults go too; what it keeps (work and review) still applies.
+        let roles = self
+            .roles
+            .iter()
+            .map(|(role, r)| {
+                let kept = RoleScript {
+                    start_ms: r.start_ms.map(quick),
+                    work_ms: r.work_ms,
+                    p_request_changes: r.p_request_changes,
+                    ..RoleScript::default()
+                };
+                (*role, kept)
+            })
+            .collect();
         ScriptConfig {
-            start_ms: (self.start_ms.0.min(fast), self.start_ms.1.min(fast)),
+            start_ms: quick(self.start_ms),
             p_start_failure: 0.0,
             p_done: 1.0,
             p_open_pr: 1.0,
@@ -289,7 +324,27 @@ impl ScriptConfig {
             p_hang: 0.0,
             p_silent_hang: 0.0,
             p_stop_hangs: 0.0,
+            roles,
             ..self.clone()
+        }
+    }
+
+    /// The behaviour of one role's sessions: the base with the role's own
+    /// values put in (and no per-role table left).
+    pub fn for_role(&self, role: AgentRole) -> ScriptConfig {
+        let base = ScriptConfig { roles: BTreeMap::new(), ..self.clone() };
+        let Some(r) = self.roles.get(&role) else { return base };
+        ScriptConfig {
+            start_ms: r.start_ms.unwrap_or(base.start_ms),
+            p_start_failure: r.p_start_failure.unwrap_or(base.p_start_failure),
+            work_ms: r.work_ms.unwrap_or(base.work_ms),
+            p_done: r.p_done.unwrap_or(base.p_done),
+            p_open_pr: r.p_open_pr.unwrap_or(base.p_open_pr),
+            p_done_twice: r.p_done_twice.unwrap_or(base.p_done_twice),
+            p_crash: r.p_crash.unwrap_or(base.p_crash),
+            p_hang: r.p_hang.unwrap_or(base.p_hang),
+            p_request_changes: r.p_request_changes.unwrap_or(base.p_request_changes),
+            ..base
         }
     }
 }
@@ -327,7 +382,7 @@ impl AgentRuntime for ScriptedRuntime {
     fn create(&self, spec: &SessionSpec) -> Box<dyn Agent> {
         let seed = self.config.seed ^ fnv(spec.request.agent.agent_id.as_bytes()).rotate_left(17) ^ spec.generation;
         Box::new(ScriptedAgent {
-            config: self.config.clone(),
+            config: self.config.for_role(spec.request.agent.role),
             pr: Arc::clone(&self.pr),
             rng: SmallRng::seed_from_u64(seed),
             turns: 0,
@@ -655,6 +710,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_role_table_changes_only_that_roles_sessions() {
+        use super::super::tests::{quick_script, request, rig, sleep_s};
+        use crate::container::TownCall;
+        let crashing = RoleScript { p_crash: Some(1.0), ..RoleScript::default() };
+        let script = ScriptConfig { roles: BTreeMap::from([(AgentRole::Refinery, crashing)]), ..quick_script() };
+        let r = rig(script);
+        r.c.start(request("p1", AgentRole::Polecat)).await.unwrap();
+        r.c.start(request("r1", AgentRole::Refinery)).await.unwrap();
+        sleep_s(40).await;
+        let calls = r.town.calls();
+        let done: Vec<&str> = calls
+            .iter()
+            .filter_map(|c| match c {
+                TownCall::Done(a, _) => Some(a.agent_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, ["p1"], "the polecat works as the base says; the refinery crashes before gt_done");
+    }
+
+    #[test]
+    fn for_role_puts_in_the_roles_values_and_healing_commutes_with_it() {
+        let every = RoleScript {
+            start_ms: Some((60_000, 90_000)),
+            p_start_failure: Some(0.5),
+            work_ms: Some((1_000, 2_000)),
+            p_done: Some(0.25),
+            p_open_pr: Some(0.5),
+            p_done_twice: Some(0.5),
+            p_crash: Some(0.5),
+            p_hang: Some(0.25),
+            p_request_changes: Some(0.75),
+        };
+        let base = ScriptConfig { p_crash: 0.1, ..ScriptConfig::default() };
+        let c = ScriptConfig { roles: BTreeMap::from([(AgentRole::Refinery, every)]), ..base.clone() };
+        let r = c.for_role(AgentRole::Refinery);
+        assert_eq!((r.start_ms, r.work_ms, r.p_done, r.p_hang), ((60_000, 90_000), (1_000, 2_000), 0.25, 0.25));
+        assert_eq!((r.p_crash, r.p_request_changes, r.p_start_failure), (0.5, 0.75, 0.5));
+        assert!(r.roles.is_empty());
+        assert_eq!(c.for_role(AgentRole::Polecat), base, "a role without a table runs the base");
+        for role in AgentRole::ALL {
+            assert_eq!(c.without_faults().for_role(*role), c.for_role(*role).without_faults(), "{role}");
+        }
+        let healed = c.without_faults().for_role(AgentRole::Refinery);
+        assert_eq!((healed.p_crash, healed.p_done, healed.start_ms.1), (0.0, 1.0, 2_000));
+        assert_eq!((healed.work_ms, healed.p_request_changes), ((1_000, 2_000), 0.75), "work and review stay");
     }
 
     #[tokio::test(start_paused = true)]

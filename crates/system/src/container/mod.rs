@@ -35,8 +35,8 @@ mod snapshot;
 pub mod town_link;
 
 pub use agent::{
-    Agent, AgentIo, AgentRuntime, PatternPrOpener, PrOpener, PrRequest, ScriptConfig, ScriptedAgent, ScriptedRuntime,
-    SessionSpec, TurnEnd,
+    Agent, AgentIo, AgentRuntime, PatternPrOpener, PrOpener, PrRequest, RoleScript, ScriptConfig, ScriptedAgent,
+    ScriptedRuntime, SessionSpec, TurnEnd,
 };
 pub use drain::DrainReport;
 pub use lifecycle::{MessageError, StartError, StopError};

@@ -394,6 +394,12 @@ pub fn complete(
         ReviewResult::Merged => {
             if source != mr && beads::status_of(cx, &source)?.is_some() {
                 beads::update_status_because(cx, &source, BeadStatus::Closed, "system", None, CloseCause::Merged)?;
+                // Defence in depth: no path here gives a source a second live
+                // MR (only the gt_done of the agent hooked to it submits one,
+                // unhooking it and putting the source in review; an in-review
+                // source reopens only once its MRs have ended). Upstream got
+                // them from its review-queue route, rework MRs (bug i) and
+                // deleteAgent reopening reviews (§10.2 #4).
                 let siblings = if defects::on(Defect::SiblingMrsStayOpen) {
                     Vec::new()
                 } else {
