@@ -24,6 +24,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::IdleHookReleasedDespiteHeartbeat, "agent-misbehaviour.toml"),
     (Defect::PollEveryTick, "flaky-prs.toml"),
     (Defect::MergeIgnoresBlockers, "bug-i-feedback-beads-skip-review.toml"),
+    (Defect::DirectMergeDespiteRework, "rework-requests.toml"),
     (Defect::Rule2IgnoresHeld, "smoke.toml"),
     (Defect::LostAgentIgnoresHeartbeat, "bug-m-no-close-on-exit.toml"),
     (Defect::Rule5IgnoresCap, "refinery-outage.toml"),

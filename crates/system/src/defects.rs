@@ -59,6 +59,8 @@ catalogue! {
     PollEveryTick => "poll-every-tick", "§10.1 #1632";
     /// Review Rule 1 merges a PR while fix-up work still blocks its MR.
     MergeIgnoresBlockers => "merge-ignores-blockers", "§10.2 #10";
+    /// A refinery's URL-less `gt_done` merges its MR although the rework it just requested is open.
+    DirectMergeDespiteRework => "direct-merge-despite-rework", "DEVIATIONS (rework, then gt_done)";
     /// Rule 2 dispatches held beads and members of staged convoys.
     Rule2IgnoresHeld => "rule2-ignores-held", "§10.2 #11";
     /// Rule 3 reopens a bead whose idle agent still heart-beats.

@@ -482,7 +482,7 @@ fn fail(h: &Harness, what: impl std::fmt::Display) -> ! {
     for id in direct {
         let linked = ids(
             h.conn(),
-            &format!("SELECT bead_id FROM bead_dependencies WHERE depends_on_bead_id = '{id}' UNION SELECT depends_on_bead_id FROM bead_dependencies WHERE bead_id = '{id}' UNION SELECT current_hook_bead_id FROM agent_metadata WHERE bead_id = '{id}' AND current_hook_bead_id IS NOT NULL"),
+            &format!("SELECT bead_id FROM bead_dependencies WHERE depends_on_bead_id = '{id}' UNION SELECT depends_on_bead_id FROM bead_dependencies WHERE bead_id = '{id}' UNION SELECT current_hook_bead_id FROM agent_metadata WHERE bead_id = '{id}' AND current_hook_bead_id IS NOT NULL UNION SELECT bead_id FROM agent_metadata WHERE current_hook_bead_id = '{id}'"),
         );
         for l in linked {
             if !named.iter().any(|n| *n == l) {
@@ -515,6 +515,14 @@ fn history(conn: &Connection, id: &str) -> String {
     while let Some(r) = rows.next().unwrap() {
         let cells: Vec<String> = (0..8).map(|i| cell(r.get_ref(i).unwrap())).collect();
         out.push_str(&format!("  row: {}\n", cells.join(" | ")));
+    }
+    let mut st = conn
+        .prepare("SELECT role, status, current_hook_bead_id, last_activity_at, last_dispatched_at, dispatch_attempts FROM agent_metadata WHERE bead_id = ?1")
+        .unwrap();
+    let mut rows = st.query([id]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let cells: Vec<String> = (0..6).map(|i| cell(r.get_ref(i).unwrap())).collect();
+        out.push_str(&format!("  agent: {}\n", cells.join(" | ")));
     }
     let mut st = conn
         .prepare("SELECT bead_id, dependency_type, depends_on_bead_id FROM bead_dependencies WHERE bead_id = ?1 OR depends_on_bead_id = ?1")

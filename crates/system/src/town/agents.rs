@@ -174,6 +174,11 @@ pub fn hook(cx: &mut Ctx<'_>, agent_id: &str, bead_id: &str) -> Result<()> {
     if bead.label_set().has(Label::TriageRequest) {
         return Err(TownError::invalid("hook", format!("bead {bead_id} is a triage request; resolve it instead")));
     }
+    // The mayor works through messages, never a hook: no rule dispatches a
+    // mayor to a bead, so a bead hooked to it would wait for good.
+    if agent.role == AgentRole::Mayor {
+        return Err(TownError::invalid("hook", format!("the mayor cannot be hooked to bead {bead_id}")));
+    }
     // Merge requests are the refinery's work and only theirs: another agent's
     // `gt_done` on an MR would open a review of the review and park the MR in
     // `in_review`, where nothing ever moves it again.

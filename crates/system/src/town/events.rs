@@ -249,6 +249,11 @@ pub fn apply(cx: &mut Ctx<'_>, cfg: &TownConfig, ev: &TownEvent) -> Result<()> {
         }
         EventType::PrStatusChanged => {
             let mr = need(&ev.bead_id, "bead", ev)?;
+            // Only a poll of the MR's PR reports its state; an MR without one
+            // is merged by its refinery, never by a PR state.
+            if super::beads::status_of(cx, mr)?.is_some() && review::pr_url(cx, mr)?.is_none() {
+                return Ok(());
+            }
             match payload::<PrState>(ev)?.pr_state.as_str() {
                 "merged" => review::complete(
                     cx,

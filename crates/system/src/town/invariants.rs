@@ -294,15 +294,21 @@ impl Checker {
         let mut st = conn.prepare_cached(
             "SELECT e.bead_id, e.old_value, e.new_value, COALESCE(json_extract(e.metadata, '$.cause'), ''), COALESCE(b.type, ''), \
              EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads m ON m.bead_id = d.bead_id \
-               WHERE d.depends_on_bead_id = e.bead_id AND d.dependency_type = 'tracks' AND m.type = 'merge_request' AND m.status = 'closed') \
+               WHERE d.depends_on_bead_id = e.bead_id AND d.dependency_type = 'tracks' AND m.type = 'merge_request' AND m.status = 'closed'), \
+             EXISTS (SELECT 1 FROM bead_dependencies d JOIN beads f ON f.bead_id = d.depends_on_bead_id \
+               JOIN review_metadata r ON r.bead_id = e.bead_id \
+               WHERE d.bead_id = e.bead_id AND d.dependency_type = 'blocks' AND r.pr_url IS NULL \
+               AND f.status IN ('open', 'in_progress', 'in_review') AND f.created_at <= e.created_at) \
              FROM bead_events e LEFT JOIN beads b ON b.bead_id = e.bead_id \
              WHERE e.event_type = 'status_changed' AND e.created_at >= ?1",
         )?;
-        type Row = (String, Option<String>, Option<String>, String, String, bool);
+        type Row = (String, Option<String>, Option<String>, String, String, bool, bool);
         let changes: Vec<Row> = st
-            .query_map([since.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+            .query_map([since.0], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })?
             .collect::<rusqlite::Result<_>>()?;
-        for (bead, old, new, cause, ty, has_merged_mr) in changes {
+        for (bead, old, new, cause, ty, has_merged_mr, blocked_direct) in changes {
             if matches!(old.as_deref(), Some("closed" | "failed")) {
                 let (o, n) = (old.as_deref().unwrap_or_default(), new.as_deref().unwrap_or_default());
                 out.push(v("terminal_is_final", format!("bead {bead} left {o} for {n}")));
@@ -313,6 +319,11 @@ impl Checker {
                     "closed_issue_has_merge",
                     format!("issue {bead} closed ({cause}) without a merge or explicit close"),
                 ));
+            }
+            // A direct merge is the refinery's word alone: never while the
+            // rework it asked for is still open.
+            if ty == "merge_request" && cause == "merged" && blocked_direct {
+                out.push(v("no_merge_while_blocked", format!("MR {bead} merged directly while fix-up work blocks it")));
             }
         }
         Ok(())

@@ -426,7 +426,7 @@ impl Town {
     }
 
     pub fn complete_review(&mut self, mr: &str, result: ReviewResult, message: Option<&str>) -> Result<()> {
-        self.tx(|cx| review::complete(cx, mr, result, message, None))
+        self.tx(|cx| review::complete_reported(cx, mr, result, message))
     }
 
     pub fn request_changes(&mut self, refinery: &str, feedback: &str, files: &[String]) -> Result<String> {

@@ -190,6 +190,13 @@ pub fn agent_done(cx: &mut Ctx<'_>, agent_id: &str, done: &DoneReport) -> Result
                     )?;
                 }
             }
+            // The refinery asked for changes and then finished its turn, as
+            // its tools tell it to: without a PR that is no merge. The MR
+            // waits in progress (Rules 2/3 skip it while rework blocks it)
+            // and goes back to a refinery once the rework is done.
+            None if super::pr::has_live_blocker(cx, &hook)? && !defects::on(Defect::DirectMergeDespiteRework) => {
+                beads::log_event(cx, &hook, Some(agent_id), "merge_deferred_for_rework", None, None, None)?;
+            }
             None => {
                 let msg = done.summary.clone().unwrap_or_else(|| "Merged by refinery agent".into());
                 complete(cx, &hook, ReviewResult::Merged, Some(&msg), None)?;
@@ -455,6 +462,15 @@ pub fn complete(
     Ok(())
 }
 
+/// A review result reported by a caller. A merge without a PR to prove it is
+/// the caller's word alone: it is refused while fix-up work blocks the MR.
+pub fn complete_reported(cx: &mut Ctx<'_>, mr: &str, result: ReviewResult, message: Option<&str>) -> Result<()> {
+    if result == ReviewResult::Merged && pr_url(cx, mr)?.is_none() && super::pr::has_live_blocker(cx, mr)? {
+        return Err(TownError::invalid("review result", format!("merge request {mr} is blocked by open fix-up work")));
+    }
+    complete(cx, mr, result, message, None)
+}
+
 fn reopen_source(cx: &mut Ctx<'_>, source: &str, mr: &str) -> Result<()> {
     if source == mr {
         return Ok(());
@@ -481,6 +497,11 @@ pub fn request_changes(cx: &mut Ctx<'_>, refinery_id: &str, feedback: &str, file
     let mr = beads::get(cx, &mr_id)?;
     if mr.bead_type != BeadType::MergeRequest {
         return Err(TownError::invalid("request changes", format!("hooked bead {mr_id} is not a merge request")));
+    }
+    // A merged or failed MR has nothing left to rework: the rework bead would
+    // send a polecat to a branch that is gone or landed.
+    if mr.status.is_terminal() {
+        return Err(TownError::invalid("request changes", format!("merge request {mr_id} is already {}", mr.status)));
     }
     if feedback.trim().is_empty() {
         return Err(TownError::invalid("request changes", "feedback is empty"));
@@ -528,6 +549,16 @@ pub fn has_live_mr(cx: &Ctx<'_>, source: &str) -> Result<bool> {
              AND m.status IN ('open', 'in_progress'))",
         )?
         .query_row([source], |r| r.get(0))?)
+}
+
+/// The PR URL the MR carries, if any.
+pub fn pr_url(cx: &Ctx<'_>, mr: &str) -> Result<Option<String>> {
+    Ok(cx
+        .conn
+        .prepare_cached("SELECT pr_url FROM review_metadata WHERE bead_id = ?1")?
+        .query_row([mr], |r| r.get(0))
+        .optional()?
+        .flatten())
 }
 
 /// A live MR, or `None` when it is gone or terminal (the fact no longer applies).

@@ -190,6 +190,90 @@ fn a_refinery_result_never_rewrites_another_mr_or_a_decided_one() {
     assert_eq!(town.agent(&refinery).unwrap().current_hook_bead_id, None);
 }
 
+fn refinery_of(town: &mut Town) -> String {
+    town.agents().unwrap().into_iter().find(|a| a.role == AgentRole::Refinery).unwrap().agent_id
+}
+
+fn tick_clean(town: &mut Town, clock: &ManualClock, runner: &RecordingRunner, ms: i64) -> TickReport {
+    clock.advance_ms(ms);
+    let r = tick(town, runner);
+    assert!(r.invariant_violations.is_empty(), "{:?}", r.invariant_violations);
+    r
+}
+
+/// Helper-11's finding: the refinery's tools say "request changes, then call
+/// gt_done", and a URL-less gt_done used to read as "merged", so a direct MR
+/// landed with the rework it had just asked for still open.
+#[test]
+fn a_direct_mr_sent_back_for_rework_waits_for_it_and_is_reviewed_again() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let (slung, _) = town.sling_bead(SlingBead { rig_id: rig, title: "x".into(), ..Default::default() }).unwrap();
+    let (src, polecat) = (slung.bead_id, slung.agent_id.unwrap());
+    town.agent_done(&polecat, done("gt/toast/x", None, Some(&src))).unwrap();
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    let mr = town.beads_of(BeadType::MergeRequest, None).unwrap().remove(0).bead_id;
+    let refinery = refinery_of(&mut town);
+    assert_eq!(town.agent(&refinery).unwrap().current_hook_bead_id.as_deref(), Some(mr.as_str()));
+
+    let rework = town.request_changes(&refinery, "rename the helper", &[]).unwrap();
+    town.agent_done(&refinery, done("gt/toast/x", None, None)).unwrap();
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    assert_eq!(town.bead(&mr).unwrap().status, BeadStatus::InProgress, "no merge while the rework is open");
+    assert_eq!(town.bead(&src).unwrap().status, BeadStatus::InReview);
+    assert!(bead_event_types(&town, &mr).iter().any(|t| t == "merge_deferred_for_rework"));
+    let r = town.agent(&refinery).unwrap();
+    assert_eq!((r.status, r.current_hook_bead_id), (AgentStatus::Idle, None));
+
+    // Rules 2 and 3 leave the blocked MR alone, however long the rework takes.
+    tick_clean(&mut town, &clock, &runner, 40 * 60_000);
+    assert_eq!(town.bead(&mr).unwrap().status, BeadStatus::InProgress);
+    let fixer = town.bead(&rework).unwrap().assignee_agent_bead_id.expect("the rework is dispatched");
+    town.agent_done(&fixer, done("gt/toast/x", None, Some(&rework))).unwrap();
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    assert_eq!(town.bead(&rework).unwrap().status, BeadStatus::Closed);
+
+    // Unblocked and unattended: Rule 3 reopens it, Rule 5 sends it back to the refinery.
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    assert_eq!(town.agent(&refinery).unwrap().current_hook_bead_id.as_deref(), Some(mr.as_str()));
+    town.agent_done(&refinery, done("gt/toast/x", None, None)).unwrap();
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    assert_eq!(town.bead(&mr).unwrap().status, BeadStatus::Closed);
+    assert_eq!(town.bead(&src).unwrap().status, BeadStatus::Closed);
+
+    // A decided MR has nothing left to rework.
+    // (A refinery still hooked to it when it merged, say on the forge.)
+    town.conn()
+        .execute("UPDATE agent_metadata SET current_hook_bead_id = ?2 WHERE bead_id = ?1", [&refinery, &mr])
+        .unwrap();
+    let e = town.request_changes(&refinery, "too late", &[]).unwrap_err();
+    assert!(e.to_string().contains("already closed"), "{e}");
+}
+
+#[test]
+fn the_oracle_names_a_direct_merge_over_open_rework() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let mut checker = invariants::Checker::new();
+    let (slung, _) = town.sling_bead(SlingBead { rig_id: rig, title: "x".into(), ..Default::default() }).unwrap();
+    town.agent_done(&slung.agent_id.unwrap(), done("gt/toast/x", None, Some(&slung.bead_id))).unwrap();
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    let mr = town.beads_of(BeadType::MergeRequest, None).unwrap().remove(0).bead_id;
+    let refinery = refinery_of(&mut town);
+    town.request_changes(&refinery, "rename the helper", &[]).unwrap();
+    let mut names = |town: &Town| {
+        let v = checker.check(town.conn(), town.config(), clock.now()).unwrap();
+        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
+    };
+    assert!(names(&town).is_empty());
+    let e = town.complete_review(&mr, ReviewResult::Merged, None).unwrap_err();
+    assert!(e.to_string().contains("blocked by open fix-up work"), "{e}");
+    assert!(names(&town).is_empty(), "a refused merge writes nothing");
+    town.tx(|cx| review::complete(cx, &mr, ReviewResult::Merged, None, None)).unwrap();
+    assert_eq!(names(&town), ["no_merge_while_blocked"]);
+}
+
 #[test]
 fn convoy_lazy_assignment_lands_through_one_landing_mr() {
     let (mut town, clock, rig) = town();
@@ -278,6 +362,10 @@ fn hook_refuses_unworkable_beads_triage_requests_and_double_hooks() {
     let tr = town.create_triage_request(TriageType::StuckAgent, Some(&agent), "stuck", json!({})).unwrap().unwrap();
     let e = town.hook_bead(&agent, &tr).unwrap_err();
     assert!(e.to_string().contains("triage request"), "{e}");
+    town.send_mayor_message("plan the week").unwrap();
+    let m = mayor(&mut town).agent_id;
+    let e = town.hook_bead(&m, &b2).unwrap_err();
+    assert!(e.to_string().contains("mayor cannot be hooked"), "{e}");
     // Mutual exclusion: hooking a second agent takes the bead away from the first.
     town.hook_bead(&agent, &b2).unwrap();
     let other = town.bead(&b2).unwrap().assignee_agent_bead_id.unwrap();
