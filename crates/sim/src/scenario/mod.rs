@@ -160,11 +160,15 @@ pub struct UserActions {
     /// gone), or one in review (its live reviews fail).
     #[serde(default)]
     pub delete_bead_per_hour: f64,
+    /// A user hands an issue a polecat is working on to an idle polecat of
+    /// the same rig (`POST …/agents/{agent}/hook`): the first one lets go.
+    #[serde(default)]
+    pub reassign_bead_per_hour: f64,
 }
 
 impl UserActions {
     /// Each rate by its key, for validation.
-    fn rates(&self) -> [(&'static str, f64); 6] {
+    fn rates(&self) -> [(&'static str, f64); 7] {
         [
             ("reset_agent_per_hour", self.reset_agent_per_hour),
             ("close_bead_per_hour", self.close_bead_per_hour),
@@ -172,6 +176,7 @@ impl UserActions {
             ("close_escalation_per_hour", self.close_escalation_per_hour),
             ("delete_bead_per_hour", self.delete_bead_per_hour),
             ("adopt_pr_per_hour", self.adopt_pr_per_hour),
+            ("reassign_bead_per_hour", self.reassign_bead_per_hour),
         ]
     }
 }

@@ -181,6 +181,8 @@ pub struct Workload {
     pub adopt_pr_per_hour: f64,
     /// A user deletes a live issue (picked at random; also one a polecat is working on).
     pub delete_bead_per_hour: f64,
+    /// A user hands a worked issue to an idle polecat of its rig.
+    pub reassign_bead_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -196,6 +198,7 @@ impl Default for Workload {
             close_escalation_per_hour: 0.0,
             adopt_pr_per_hour: 0.0,
             delete_bead_per_hour: 0.0,
+            reassign_bead_per_hour: 0.0,
         }
     }
 }

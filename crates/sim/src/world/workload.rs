@@ -30,6 +30,7 @@ pub enum Op {
     CloseEscalation,
     AdoptPr { n: usize, rig: String },
     DeleteBead { pick: u64 },
+    ReassignBead,
 }
 
 /// Exponential gap with the given mean.
@@ -100,8 +101,35 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
             ops.push((at, Op::DeleteBead { pick: rng.random() }));
         }
     }
+    if w.reassign_bead_per_hour > 0.0 {
+        for at in arrivals(rng, w.reassign_bead_per_hour, end, 10_000) {
+            ops.push((at, Op::ReassignBead));
+        }
+    }
     ops.sort_by_key(|(at, _)| *at);
     ops
+}
+
+/// The oldest issue a polecat is working on whose rig has an idle, unhooked
+/// polecat, and that polecat: the user moves the work over to it.
+fn pick_reassignment(sh: &Shared) -> Option<(String, String)> {
+    let host = sh.town()?;
+    host.with_town_quietly(|t| {
+        Ok(t.conn()
+            .query_row(
+                "SELECT b.bead_id, (SELECT i.bead_id FROM agent_metadata i WHERE i.role = 'polecat' \
+                   AND i.status = 'idle' AND i.current_hook_bead_id IS NULL AND i.rig_id = b.rig_id \
+                   ORDER BY i.bead_id LIMIT 1) AS idle \
+                 FROM beads b JOIN agent_metadata w ON w.current_hook_bead_id = b.bead_id \
+                 WHERE b.type = 'issue' AND b.status = 'in_progress' AND w.role = 'polecat' AND w.status = 'working' \
+                 AND idle IS NOT NULL ORDER BY b.created_at, b.bead_id LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .ok())
+    })
+    .ok()
+    .flatten()
 }
 
 /// An outside contributor pushes a branch and opens a PR against `rig`'s
@@ -249,6 +277,12 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
                 Some(b) => (format!("{base}/beads/{b}"), json!(null), "delete_bead"),
                 None => continue,
             },
+            Op::ReassignBead => match pick_reassignment(&sh) {
+                Some((bead, agent)) => {
+                    (format!("{base}/agents/{agent}/hook"), json!({ "bead_id": bead }), "reassign_bead")
+                }
+                None => continue,
+            },
             Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/beads/{e}/close"), json!({}), "close_escalation"),
                 None => continue,
@@ -301,6 +335,19 @@ mod tests {
         let picks: BTreeMap<&str, ()> = deletes.iter().map(|o| (o.split("pick: ").nth(1).unwrap(), ())).collect();
         assert!(picks.len() > 1, "picks vary: {deletes:?}");
         let rest: Vec<&String> = with.iter().filter(|o| !o.contains("DeleteBead")).collect();
+        assert_eq!(rest, without.iter().collect::<Vec<_>>(), "older scenarios keep their schedule");
+    }
+
+    #[test]
+    fn reassignments_are_drawn_last_and_leave_the_rest_alone() {
+        let mut cfg = WorldConfig::smoke();
+        let without: Vec<String> =
+            schedule(&cfg, &mut StdRng::seed_from_u64(7)).iter().map(|(at, op)| format!("{at} {op:?}")).collect();
+        cfg.workload.reassign_bead_per_hour = 6.0;
+        let with: Vec<String> =
+            schedule(&cfg, &mut StdRng::seed_from_u64(7)).iter().map(|(at, op)| format!("{at} {op:?}")).collect();
+        let (moves, rest): (Vec<&String>, Vec<&String>) = with.iter().partition(|o| o.ends_with("ReassignBead"));
+        assert!(moves.len() >= 2, "{with:?}");
         assert_eq!(rest, without.iter().collect::<Vec<_>>(), "older scenarios keep their schedule");
     }
 }

@@ -268,3 +268,36 @@ async fn delete_bead_route_deletes_refuses_and_answers_404_for_a_missing_bead() 
     assert_eq!(s, 400, "an agent is refused: {v}");
     assert!(v["error"].as_str().unwrap().contains("agent"), "{v}");
 }
+
+#[tokio::test]
+async fn hook_route_hands_a_bead_to_another_agent_and_unhook_releases_it() {
+    let api = Api::start().await;
+    let (bead, first) = api.sling().await;
+    let (other_bead, second) = api.sling().await;
+    let hook = |a: &str| format!("/api/towns/t1/agents/{a}/hook");
+    let body = format!(r#"{{"bead_id":"{bead}"}}"#);
+    assert_eq!(api.call("POST", &hook(&second), Some(&api.agent(&second)), Some(&body)).await.0, 403);
+    let (s, v) = api.call("POST", &hook(&second), Some(&api.user()), Some(&body)).await;
+    assert_eq!(s, 400, "still hooked to its own bead: {v}");
+    assert!(v["error"].as_str().unwrap().contains("unhook first"), "{v}");
+
+    let (s, v) = api.call("POST", &format!("/api/towns/t1/agents/{second}/unhook"), Some(&api.user()), None).await;
+    assert_eq!((s, &v["data"]["current_hook_bead_id"]), (200, &Value::Null), "{v}");
+    let (s, v) = api.call("POST", &hook(&second), Some(&api.user()), Some(&body)).await;
+    assert_eq!((s, v["data"]["current_hook_bead_id"].as_str()), (200, Some(bead.as_str())), "{v}");
+    // Bug (l): the bead has one agent; the first one let go.
+    let a = api.host.with_town(|t| t.agent(&first)).unwrap();
+    assert_eq!(a.current_hook_bead_id, None);
+    assert_eq!(api.host.with_town(|t| t.bead(&bead)).unwrap().assignee_agent_bead_id.as_deref(), Some(second.as_str()));
+
+    for (agent, body, want) in [
+        (first.as_str(), r#"{"bead":"x"}"#.to_owned(), 400),
+        (first.as_str(), "not json".to_owned(), 400),
+        (first.as_str(), r#"{"bead_id":"no-such-bead"}"#.to_owned(), 404),
+        ("no-such-agent", format!(r#"{{"bead_id":"{other_bead}"}}"#), 404),
+    ] {
+        let (s, v) = api.call("POST", &hook(agent), Some(&api.user()), Some(&body)).await;
+        assert_eq!(s, want, "{body}: {v}");
+        assert_eq!(v["success"], json!(false), "{v}");
+    }
+}

@@ -29,6 +29,8 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{T}/beads/{{bead}}/close"), post(close_bead))
         .route(&format!("{T}/agents"), get(agents))
         .route(&format!("{T}/agents/{{agent}}/reset"), post(reset_agent))
+        .route(&format!("{T}/agents/{{agent}}/hook"), post(hook_agent))
+        .route(&format!("{T}/agents/{{agent}}/unhook"), post(unhook_agent))
         .route(&format!("{T}/mayor/message"), post(mayor_message))
         .route(&format!("{T}/escalations/{{id}}/acknowledge"), post(acknowledge_escalation))
 }
@@ -212,6 +214,40 @@ async fn reset_agent(
     authorize_user(&h, &headers, &town)?;
     h.with_town(|t| t.reset_agent(&agent))?;
     ok(true)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookBody {
+    bead_id: String,
+}
+
+/// Hand a bead to an agent (upstream `hookBead`): any other agent hooked to
+/// it lets go (bug l). The agent is left idle; the reconciler dispatches it.
+async fn hook_agent(
+    State(h): State<AppState>,
+    Path((town, agent)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Agent> {
+    authorize_user(&h, &headers, &town)?;
+    let b: HookBody = parse(&body)?;
+    ok(h.with_town(|t| {
+        t.hook_bead(&agent, &b.bead_id)?;
+        t.agent(&agent)
+    })?)
+}
+
+async fn unhook_agent(
+    State(h): State<AppState>,
+    Path((town, agent)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Agent> {
+    authorize_user(&h, &headers, &town)?;
+    ok(h.with_town(|t| {
+        t.unhook_bead(&agent)?;
+        t.agent(&agent)
+    })?)
 }
 
 #[derive(Deserialize)]

@@ -278,6 +278,22 @@ pub async fn user_command(c: &Client, cmd: Cmd) -> Result<(), CliError> {
                 }
             }
         }
+        Cmd::Hook { agent, bead, json } => {
+            let v = c.post(&format!("/agents/{agent}/hook"), json!({"bead_id": bead})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("agent {agent} hooked to {bead} ({})", s(&v, "status"));
+            }
+        }
+        Cmd::Unhook { agent, json } => {
+            let v = c.post(&format!("/agents/{agent}/unhook"), json!({})).await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("agent {agent} unhooked ({})", s(&v, "status"));
+            }
+        }
         Cmd::Mayor { message } => {
             c.post("/mayor/message", json!({"message": message})).await?;
             println!("message sent to the mayor");

@@ -110,6 +110,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand a bead to an agent; any other agent hooked to it lets go. The
+    /// reconciler dispatches the agent on a later tick.
+    Hook {
+        agent: String,
+        bead: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release an agent's hook (the bead keeps its assignee until the reconciler moves it).
+    Unhook {
+        agent: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Send the mayor a message.
     Mayor { message: String },
     /// Replace the container: drain it first (default) or stop it abruptly (--hard).
@@ -364,6 +378,10 @@ mod tests {
         let Cmd::DeleteBead { id, json } = parse(&["gastown", "delete-bead", "b-1"]).unwrap().cmd else { panic!() };
         assert_eq!((id.as_str(), json), ("b-1", false));
         assert!(parse(&["gastown", "delete-bead"]).is_err(), "the bead is required");
+        let Cmd::Hook { agent, bead, .. } = parse(&["gastown", "hook", "a-1", "b-1"]).unwrap().cmd else { panic!() };
+        assert_eq!((agent.as_str(), bead.as_str()), ("a-1", "b-1"));
+        assert!(parse(&["gastown", "hook", "a-1"]).is_err(), "the bead is required");
+        assert!(matches!(parse(&["gastown", "unhook", "a-1", "--json"]).unwrap().cmd, Cmd::Unhook { json: true, .. }));
         let cli = parse(&["gastown", "status", "--token", "tok"]).unwrap();
         assert_eq!(cli.global.token.as_deref(), Some("tok"), "global flags go after the subcommand too");
     }
