@@ -164,11 +164,16 @@ pub struct UserActions {
     /// the same rig (`POST …/agents/{agent}/hook`): the first one lets go.
     #[serde(default)]
     pub reassign_bead_per_hour: f64,
+    /// A user hooks an idle polecat to the oldest open, unassigned issue of
+    /// its rig, a held one or a staged convoy's member too: the work is
+    /// planned, and starts when the reconciler lets it.
+    #[serde(default)]
+    pub assign_bead_per_hour: f64,
 }
 
 impl UserActions {
     /// Each rate by its key, for validation.
-    fn rates(&self) -> [(&'static str, f64); 7] {
+    fn rates(&self) -> [(&'static str, f64); 8] {
         [
             ("reset_agent_per_hour", self.reset_agent_per_hour),
             ("close_bead_per_hour", self.close_bead_per_hour),
@@ -177,6 +182,7 @@ impl UserActions {
             ("delete_bead_per_hour", self.delete_bead_per_hour),
             ("adopt_pr_per_hour", self.adopt_pr_per_hour),
             ("reassign_bead_per_hour", self.reassign_bead_per_hour),
+            ("assign_bead_per_hour", self.assign_bead_per_hour),
         ]
     }
 }

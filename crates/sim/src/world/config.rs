@@ -183,6 +183,8 @@ pub struct Workload {
     pub delete_bead_per_hour: f64,
     /// A user hands a worked issue to an idle polecat of its rig.
     pub reassign_bead_per_hour: f64,
+    /// A user hooks an idle polecat to an open, unassigned issue of its rig (staged or held ones too).
+    pub assign_bead_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -199,6 +201,7 @@ impl Default for Workload {
             adopt_pr_per_hour: 0.0,
             delete_bead_per_hour: 0.0,
             reassign_bead_per_hour: 0.0,
+            assign_bead_per_hour: 0.0,
         }
     }
 }

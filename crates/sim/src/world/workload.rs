@@ -31,6 +31,7 @@ pub enum Op {
     AdoptPr { n: usize, rig: String },
     DeleteBead { pick: u64 },
     ReassignBead,
+    AssignBead,
 }
 
 /// Exponential gap with the given mean.
@@ -106,6 +107,11 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
             ops.push((at, Op::ReassignBead));
         }
     }
+    if w.assign_bead_per_hour > 0.0 {
+        for at in arrivals(rng, w.assign_bead_per_hour, end, 10_000) {
+            ops.push((at, Op::AssignBead));
+        }
+    }
     ops.sort_by_key(|(at, _)| *at);
     ops
 }
@@ -113,20 +119,36 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
 /// The oldest issue a polecat is working on whose rig has an idle, unhooked
 /// polecat, and that polecat: the user moves the work over to it.
 fn pick_reassignment(sh: &Shared) -> Option<(String, String)> {
+    pick_pair(
+        sh,
+        "FROM beads b JOIN agent_metadata w ON w.current_hook_bead_id = b.bead_id \
+         WHERE b.type = 'issue' AND b.status = 'in_progress' AND w.role = 'polecat' AND w.status = 'working'",
+    )
+}
+
+/// The oldest open, unassigned issue whose rig has an idle, unhooked polecat,
+/// and that polecat: the user plans the work ahead (staged convoy members too).
+fn pick_assignment(sh: &Shared) -> Option<(String, String)> {
+    pick_pair(
+        sh,
+        "FROM beads b WHERE b.type = 'issue' AND b.status = 'open' AND b.assignee_agent_bead_id IS NULL \
+         AND b.labels NOT LIKE '%\"gt:triage-request\"%'",
+    )
+}
+
+/// The oldest bead `b` of `from_where` whose rig has an idle, unhooked
+/// polecat, with that polecat (the first by id).
+fn pick_pair(sh: &Shared, from_where: &str) -> Option<(String, String)> {
+    let sql = format!(
+        "SELECT b.bead_id, (SELECT i.bead_id FROM agent_metadata i WHERE i.role = 'polecat' \
+           AND i.status = 'idle' AND i.current_hook_bead_id IS NULL AND i.rig_id = b.rig_id \
+           ORDER BY i.bead_id LIMIT 1) AS idle \
+         {from_where} AND idle IS NOT NULL ORDER BY b.created_at, b.bead_id LIMIT 1"
+    );
+    let sql = sql.as_str();
     let host = sh.town()?;
     host.with_town_quietly(|t| {
-        Ok(t.conn()
-            .query_row(
-                "SELECT b.bead_id, (SELECT i.bead_id FROM agent_metadata i WHERE i.role = 'polecat' \
-                   AND i.status = 'idle' AND i.current_hook_bead_id IS NULL AND i.rig_id = b.rig_id \
-                   ORDER BY i.bead_id LIMIT 1) AS idle \
-                 FROM beads b JOIN agent_metadata w ON w.current_hook_bead_id = b.bead_id \
-                 WHERE b.type = 'issue' AND b.status = 'in_progress' AND w.role = 'polecat' AND w.status = 'working' \
-                 AND idle IS NOT NULL ORDER BY b.created_at, b.bead_id LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
-            .ok())
+        Ok(t.conn().query_row(sql, [], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).ok())
     })
     .ok()
     .flatten()
@@ -283,6 +305,12 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
                 }
                 None => continue,
             },
+            Op::AssignBead => match pick_assignment(&sh) {
+                Some((bead, agent)) => {
+                    (format!("{base}/agents/{agent}/hook"), json!({ "bead_id": bead }), "assign_bead")
+                }
+                None => continue,
+            },
             Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/beads/{e}/close"), json!({}), "close_escalation"),
                 None => continue,
@@ -339,15 +367,18 @@ mod tests {
     }
 
     #[test]
-    fn reassignments_are_drawn_last_and_leave_the_rest_alone() {
+    fn reassignments_and_assignments_are_drawn_last_and_leave_the_rest_alone() {
         let mut cfg = WorldConfig::smoke();
         let without: Vec<String> =
             schedule(&cfg, &mut StdRng::seed_from_u64(7)).iter().map(|(at, op)| format!("{at} {op:?}")).collect();
         cfg.workload.reassign_bead_per_hour = 6.0;
+        cfg.workload.assign_bead_per_hour = 6.0;
         let with: Vec<String> =
             schedule(&cfg, &mut StdRng::seed_from_u64(7)).iter().map(|(at, op)| format!("{at} {op:?}")).collect();
-        let (moves, rest): (Vec<&String>, Vec<&String>) = with.iter().partition(|o| o.ends_with("ReassignBead"));
-        assert!(moves.len() >= 2, "{with:?}");
+        let (moves, rest): (Vec<&String>, Vec<&String>) =
+            with.iter().partition(|o| o.ends_with("ReassignBead") || o.ends_with("AssignBead"));
+        assert!(moves.iter().filter(|o| o.ends_with(" ReassignBead")).count() >= 2, "{with:?}");
+        assert!(moves.iter().filter(|o| o.ends_with(" AssignBead")).count() >= 2, "{with:?}");
         assert_eq!(rest, without.iter().collect::<Vec<_>>(), "older scenarios keep their schedule");
     }
 }
