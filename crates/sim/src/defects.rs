@@ -26,7 +26,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::MergeIgnoresBlockers, "bug-i-feedback-beads-skip-review.toml"),
     (Defect::DirectMergeDespiteRework, "rework-requests.toml"),
     (Defect::Rule2IgnoresHeld, "bug-l-hook-mutual-exclusion.toml"),
-    (Defect::LostAgentIgnoresHeartbeat, "bug-m-no-close-on-exit.toml"),
+    (Defect::LostAgentIgnoresHeartbeat, "agent-misbehaviour.toml"),
     (Defect::Rule5IgnoresCap, "refinery-outage.toml"),
     (Defect::RefineryRedispatchUncapped, "refinery-outage.toml"),
     (Defect::RefineryLeftOnFinishedMr, "flaky-prs.toml"),

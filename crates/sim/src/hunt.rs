@@ -20,12 +20,22 @@ pub struct HuntOptions<'a> {
     pub markdown: bool,
 }
 
+const NOT_BUILT_IN: &str = "this gastown-sim was built without the defect switches; run\n  \
+     cargo run --release -p gastown-sim --features defects -- defects";
+
+/// Switch one named defect on for the rest of the process (`replay --defect`).
+pub fn switch_on(name: &str) -> Result<Defect, String> {
+    if !gastown::defects::BUILT_IN {
+        return Err(NOT_BUILT_IN.to_owned());
+    }
+    let d = choose(&[name.to_owned()])?[0];
+    gastown::defects::activate(Some(d));
+    Ok(d)
+}
+
 pub fn defects(opts: &HuntOptions<'_>) -> ExitCode {
     if !gastown::defects::BUILT_IN {
-        eprintln!(
-            "this gastown-sim was built without the defect switches; run\n  \
-             cargo run --release -p gastown-sim --features defects -- defects"
-        );
+        eprintln!("{NOT_BUILT_IN}");
         return ExitCode::from(2);
     }
     let chosen = match choose(opts.only) {

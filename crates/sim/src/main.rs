@@ -66,6 +66,10 @@ enum Command {
         /// Write the seed's trace here as JSONL (`{"at_ms", "kind", "body"}` per line), pass or fail.
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Switch this catalogued defect on for the run (a `--features defects` build),
+        /// to trace how a `defects` hunt caught it.
+        #[arg(long)]
+        defect: Option<String>,
     },
     /// Validate scenario files without running them.
     Check {
@@ -159,8 +163,14 @@ fn main() -> ExitCode {
             };
             cli::run(&scenarios, cli::SeedChoice { seeds, seed, shard }, jobs as usize, &outputs)
         }
-        Command::Replay { scenario, seed, check_determinism, trace } => {
-            cli::replay(&scenario, seed, check_determinism, trace.as_deref())
+        Command::Replay { scenario, seed, check_determinism, trace, defect } => {
+            match defect.as_deref().map(hunt::switch_on).transpose() {
+                Ok(_) => cli::replay(&scenario, seed, check_determinism, trace.as_deref()),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Check { scenarios } => cli::check(&scenarios),
         Command::Shrink { scenario, seed, out } => cli::shrink(&scenario, seed, out.as_deref()),

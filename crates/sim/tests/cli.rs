@@ -123,6 +123,22 @@ fn cli_replay_writes_the_trace_of_a_passing_seed() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent-dir/x.jsonl"));
 }
 
+/// `replay --defect` traces a hunt's detection; a build without the switches
+/// (or a name the catalogue lacks) says so instead of replaying clean.
+#[test]
+fn cli_replay_with_a_defect_needs_the_switches_and_a_known_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "tiny.toml", PASSING);
+    let out = sim(&["replay", good.to_str().unwrap(), "--seed", "1", "--defect", "no-such-defect"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "defects") {
+        assert!(err.contains("unknown defect `no-such-defect`"), "{err}");
+    } else {
+        assert!(err.contains("--features defects"), "{err}");
+    }
+}
+
 #[test]
 fn cli_shards_together_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();

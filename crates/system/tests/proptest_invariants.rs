@@ -1509,17 +1509,23 @@ fn only_refineries_hook_merge_requests() {
     assert!(h.town.hook_bead(&refinery, &issue).is_err());
 }
 
+/// A user cannot hook a refinery to an MR its rig does not review (the
+/// property test once reached it mid-tick); a refinery already on an MR when
+/// review is switched off lets go on the next tick (Rule 6).
 #[test]
-fn a_refinery_hooked_by_hand_to_an_mr_its_rig_does_not_review_lets_go() {
-    let mut h = Harness::new(&Setup {
+fn a_refinery_never_stays_on_an_mr_its_rig_does_not_review() {
+    let setup = Setup {
         merge_strategy: MergeStrategy::Pr,
         refinery: Some((true, None, false, false, ReviewMode::Rework)),
         staged_default: false,
         convoy_mode: MergeMode::ReviewThenLand,
         second_rig: Some((Some(false), None)),
-    });
+    };
+    let mut h = Harness::new(&setup);
     with_mr(&mut h, 0); // rig-1 reviews: its refinery exists
     let refinery = ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'refinery'").remove(0);
+    let reviewed =
+        ids(h.conn(), "SELECT bead_id FROM beads WHERE type = 'merge_request' AND rig_id = 'rig-1'").remove(0);
     h.town.unhook_bead(&refinery).unwrap();
     sling(&mut h, 1);
     let p = ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'polecat' AND status = 'working'").remove(0);
@@ -1527,9 +1533,16 @@ fn a_refinery_hooked_by_hand_to_an_mr_its_rig_does_not_review_lets_go() {
     h.clock.advance_ms(5 * SECOND_MS);
     h.tick(&Starts::Ok); // rig-2 does not review: its MR goes straight to polling
     let mr = ids(h.conn(), "SELECT bead_id FROM beads WHERE type = 'merge_request' AND rig_id = 'rig-2'").remove(0);
-    h.town.hook_bead(&refinery, &mr).unwrap();
+    let e = h.town.hook_bead(&refinery, &mr).unwrap_err();
+    assert!(e.to_string().contains("does not review code"), "{e}");
+
+    h.town.hook_bead(&refinery, &reviewed).unwrap();
+    let mut cfg = config_of(&setup);
+    cfg.refinery.as_mut().unwrap().code_review = false;
+    h.town.set_config(cfg).unwrap();
     h.clock.advance_ms(5 * SECOND_MS);
     h.tick(&Starts::Ok); // checker: no refinery on an MR whose rig does not review
+    assert_eq!(h.town.agent(&refinery).unwrap().current_hook_bead_id, None);
 }
 
 #[test]

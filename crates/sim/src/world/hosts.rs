@@ -127,6 +127,8 @@ pub struct Shared {
     /// (the drain-history oracle asks whether anything arrived after a turn).
     pub snapshots_stored: Mutex<BTreeMap<String, Timestamp>>,
     pub faults: Mutex<Vec<(i64, String)>>,
+    /// PRs merged by `merge_mid_feedback_read`: (sim ms, PR url), drained by the world.
+    pub mid_read_merges: Mutex<Vec<(i64, String)>>,
     pub prs: Mutex<Vec<PrRecord>>,
     pub squash_disabled: bool,
     /// Bumped at every tick phase: a step without a change saw no tick.
@@ -154,6 +156,7 @@ impl Shared {
             dice: Mutex::new(dice),
             snapshots_stored: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Vec::new()),
+            mid_read_merges: Mutex::new(Vec::new()),
             prs: Mutex::new(Vec::new()),
             squash_disabled,
             tick_starts: Mutex::new(0),
@@ -419,9 +422,42 @@ async fn forge_front(State(f): State<ForgeFront>, req: Request) -> Response {
             f.forge.add_fault(Fault::new(kind).on(&method, &path).times(1));
         }
     }
+    let (req, feedback_read) = if method == "POST" && path == "/graphql" {
+        match graphql_pr(req).await {
+            Ok(split) => split,
+            Err(resp) => return resp,
+        }
+    } else {
+        (req, None)
+    };
     let resp = f.inner.clone().oneshot(req).await.into_response();
     f.sh.record("forge", format!("{method} {path} -> {}", resp.status().as_u16()));
+    if let Some((owner, name, number)) = feedback_read.filter(|_| resp.status().is_success()) {
+        if lock(&f.sh.dice).roll("merge_mid_feedback_read") && f.forge.merge_from_outside(&owner, &name, number).is_ok()
+        {
+            f.sh.fault("merge_mid_feedback_read");
+            lock(&f.sh.mid_read_merges).push((host_now_ms(), f.forge.pr_url(&owner, &name, number)));
+        }
+    }
     resp
+}
+
+/// The PR a GraphQL read is about (`variables` owner, name, number), and the
+/// request rebuilt around the body that had to be read to find out.
+async fn graphql_pr(req: Request) -> Result<(Request, Option<(String, String, u64)>), Response> {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return Err((axum::http::StatusCode::BAD_REQUEST, "body").into_response());
+    };
+    let pr = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| {
+        let vars = v.get("variables")?;
+        Some((
+            vars.get("owner")?.as_str()?.to_owned(),
+            vars.get("name")?.as_str()?.to_owned(),
+            vars.get("number")?.as_u64()?,
+        ))
+    });
+    Ok((Request::from_parts(parts, Body::from(bytes)), pr))
 }
 
 // ------------------------------------------------------------------ container

@@ -157,6 +157,13 @@ pub const FAULT_KINDS: &[FaultKind] = &[
     fk("external_merge", "forge", Unit::PerHour, true, "someone merges an open PR on the forge"),
     fk("external_close", "forge", Unit::PerHour, true, "someone closes an open PR on the forge"),
     fk(
+        "merge_mid_feedback_read",
+        "forge",
+        Unit::PerChance,
+        false,
+        "per PR feedback read: someone merges the PR on the forge just as the read is answered (bug j's race)",
+    ),
+    fk(
         "blocking_review",
         "forge",
         Unit::PerChance,

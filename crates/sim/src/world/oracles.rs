@@ -4,7 +4,7 @@
 //! duplicate initial prompt, registry cleared after a drain), and liveness
 //! after heal with a diagnosis.
 
-use super::hosts::{PrRecord, OWNER};
+use super::hosts::{PrRecord, EPOCH, OWNER};
 use gastown::container::session::{self, SessionDb};
 use gastown::container::Container;
 use gastown::forge::Forge;
@@ -58,6 +58,7 @@ pub const INVARIANTS: &[&str] = &[
     // forge side (here)
     "one_open_pr_per_source",
     "no_foreign_merge",
+    "feedback_only_for_open_prs",
     // session side (here)
     "session_history_survives_drain",
     "no_duplicate_initial_prompt",
@@ -70,6 +71,39 @@ pub const LIVENESS: &str = "liveness";
 
 fn v(invariant: &'static str, detail: impl Into<String>) -> Violation {
     Violation { invariant, detail: detail.into() }
+}
+
+/// Bug (j): the town records PR feedback only for a PR that is still open,
+/// so none for a PR merged while its feedback was being read (the forge
+/// merged it at `merged[url]`, sim ms, before the poll's recheck). Each PR
+/// is judged once, at the first tick after the merge that finds an event.
+pub fn no_feedback_after_merge(town: &TownHost, merged: &mut BTreeMap<String, u64>) -> Vec<Violation> {
+    if merged.is_empty() {
+        return Vec::new();
+    }
+    let found: Vec<(String, u64)> = town
+        .with_town_quietly(|t| {
+            let mut st = t.conn().prepare_cached(
+                "SELECT COUNT(*) FROM town_events WHERE event_type = 'pr_feedback_detected' \
+                 AND json_extract(payload, '$.pr_url') = ?1 AND created_at > ?2",
+            )?;
+            let mut out = Vec::new();
+            for (url, at) in merged.iter() {
+                let n: i64 = st.query_row(rusqlite::params![url, EPOCH.plus_ms(*at as i64).0], |r| r.get(0))?;
+                if n > 0 {
+                    out.push((url.clone(), *at));
+                }
+            }
+            Ok(out)
+        })
+        .unwrap_or_default();
+    found
+        .into_iter()
+        .map(|(url, at)| {
+            merged.remove(&url);
+            v("feedback_only_for_open_prs", format!("PR {url} merged at {at} ms, and its feedback was recorded after"))
+        })
+        .collect()
 }
 
 /// Forge side: a source bead never has two open PRs that live MRs of the
@@ -398,6 +432,29 @@ mod tests {
         assert_eq!(names(&forge_side(&h, &f, &prs, &BTreeSet::new())), ["no_foreign_merge"]);
         let external: BTreeSet<String> = [prs[0].url.clone()].into();
         assert!(forge_side(&h, &f, &prs, &external).is_empty(), "the world's own outside merges are exempt");
+    }
+
+    #[test]
+    fn feedback_recorded_after_a_mid_read_merge_is_named_once() {
+        let h = host();
+        let url = "https://github.com/o/app/pull/7";
+        let feedback_at = |ms: i64| {
+            h.with_town_quietly(|t| {
+                t.conn().execute(
+                    "INSERT INTO town_events (event_id, event_type, payload, created_at) \
+                     VALUES (?1, 'pr_feedback_detected', json_object('pr_url', ?2), ?3)",
+                    rusqlite::params![format!("e{ms}"), url, EPOCH.plus_ms(ms).0],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        };
+        let mut merged: BTreeMap<String, u64> = [(url.to_owned(), 60_000)].into();
+        feedback_at(59_000);
+        assert!(no_feedback_after_merge(&h, &mut merged).is_empty(), "feedback from before the merge is fine");
+        feedback_at(61_000);
+        assert_eq!(names(&no_feedback_after_merge(&h, &mut merged)), ["feedback_only_for_open_prs"]);
+        assert!(no_feedback_after_merge(&h, &mut merged).is_empty(), "named once");
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct World {
     pub(crate) evict_on_start_until: u64,
     pub(crate) pinned: Option<(rusqlite::Connection, u64)>,
     pub(crate) external: BTreeSet<String>,
+    /// PRs merged as the town read their feedback, and when (sim ms): no
+    /// feedback may be recorded for them afterwards (bug j).
+    pub(crate) merged_mid_read: BTreeMap<String, u64>,
     /// Partitions and holds between town and container, for the drain-history
     /// oracle: (from, until; `None` while it lasts), in simulated ms.
     pub(crate) link_cuts: Vec<(u64, Option<u64>)>,
@@ -148,6 +151,10 @@ impl World {
         let faults = std::mem::take(&mut *lock(&self.sh.faults));
         for (at, kind) in faults {
             self.fired(at.max(0) as u64, &kind);
+        }
+        for (at, url) in std::mem::take(&mut *lock(&self.sh.mid_read_merges)) {
+            self.external.insert(url.clone());
+            self.merged_mid_read.insert(url, at.max(0) as u64);
         }
     }
 
@@ -220,6 +227,7 @@ impl World {
                 let prs = lock(&self.sh.prs).clone();
                 vs.extend(oracles::forge_side(&town, &forge, &prs, &self.external));
             }
+            vs.extend(oracles::no_feedback_after_merge(&town, &mut self.merged_mid_read));
             for v in vs {
                 self.violation(self.now, v);
             }
@@ -381,6 +389,7 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
         evict_on_start_until: 0,
         pinned: None,
         external: BTreeSet::new(),
+        merged_mid_read: BTreeMap::new(),
         link_cuts: Vec::new(),
         care: BTreeMap::new(),
         prs_seen: 0,

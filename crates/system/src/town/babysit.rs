@@ -205,7 +205,9 @@ mod tests {
         assert!(!check(&town, &mut checker).contains(&"babysat_pr_has_no_refinery"));
         let refinery = crate::model::AgentRole::Refinery;
         let agent = town.tx(|cx| crate::town::agents::get_or_create(cx, refinery, Some(&rig), "town-1")).unwrap();
-        town.hook_bead(&agent, &got.mr_bead_id).unwrap();
+        // A user's hook refuses it; the reconciler's dispatch (Rule 5 with bug d) does not ask.
+        assert!(town.hook_bead(&agent, &got.mr_bead_id).is_err());
+        town.tx(|cx| crate::town::agents::hook(cx, &agent, &got.mr_bead_id)).unwrap();
         assert!(check(&town, &mut checker).contains(&"babysat_pr_has_no_refinery"));
     }
 

@@ -4,6 +4,7 @@
 
 use super::actions::Action;
 use super::reconciler::agents::IDLE_HOOK_RELEASED;
+use super::reconciler::beads::AGENT_LOST;
 use super::reconciler::constants::{
     BREAKER_FAILURE_THRESHOLD, BREAKER_WINDOW_MS, DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS,
     MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
@@ -62,8 +63,9 @@ pub struct Checker {
     last_check: Option<Timestamp>,
     applied_events: BTreeSet<String>,
     terminal_escalations: BTreeMap<String, (String, u32)>,
-    /// (agent, bead) pairs seen idle-hooked with a stale heartbeat, and since when.
-    idle_hooks: BTreeMap<(String, String), Timestamp>,
+    /// (agent, bead) pairs seen idle-hooked with a stale heartbeat: since
+    /// when, and how many ticks have started since.
+    idle_hooks: BTreeMap<(String, String), Sighting>,
     /// Rigs seen with an MR waiting for a refinery that is free, and since when.
     idle_queues: BTreeMap<String, Timestamp>,
 }
@@ -75,6 +77,9 @@ impl Checker {
 
     /// Feed a tick's report: events must apply at most once.
     pub fn observe_tick(&mut self, report: &TickReport) -> Vec<Violation> {
+        for s in self.idle_hooks.values_mut() {
+            s.tick_started(report.at);
+        }
         let mut out = Vec::new();
         for id in &report.events.applied {
             if !self.applied_events.insert(id.clone()) {
@@ -117,9 +122,11 @@ impl Checker {
     }
 
     /// Bug (f): an idle agent whose heartbeat is stale lets go of its live
-    /// bead on the next tick (A4/A5). The agent may only just have gone idle
-    /// (A1 idles it on the tick its heartbeat goes stale), so the state must
-    /// persist longer than a tick at either cadence to count.
+    /// bead on the next tick (A4/A5). Counted in ticks, not time: Rule 3
+    /// recovers the bead within 5 min anyway, sooner than a window that
+    /// allows an idle-cadence tick, so a time window would hide the defect.
+    /// Two ticks that started after the sighting must have passed (one is
+    /// enough for A4/A5; the second absorbs a tick that overlapped it).
     fn check_idle_hooks(&mut self, conn: &Connection, now: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
         let mut st = conn.prepare_cached(
             "SELECT a.bead_id, a.current_hook_bead_id FROM agent_metadata a JOIN beads b ON b.bead_id = a.current_hook_bead_id \
@@ -129,7 +136,12 @@ impl Checker {
         let held: BTreeSet<(String, String)> = st
             .query_map([now.minus_ms(HEARTBEAT_STALE_MS).0], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        for k in outlasting(&mut self.idle_hooks, held, now) {
+        self.idle_hooks.retain(|k, _| held.contains(k));
+        for k in held {
+            let seen = self.idle_hooks.entry(k.clone()).or_insert(Sighting { at: now, ticks_since: 0 });
+            if seen.ticks_since < 2 {
+                continue;
+            }
             out.push(v(
                 "idle_agent_releases_live_bead",
                 format!("idle agent {} with a stale heartbeat still holds live bead {}", k.0, k.1),
@@ -388,6 +400,21 @@ impl Checker {
     }
 }
 
+/// When a condition was first seen, and how many ticks began after that.
+#[derive(Debug)]
+struct Sighting {
+    at: Timestamp,
+    ticks_since: u32,
+}
+
+impl Sighting {
+    fn tick_started(&mut self, tick_at: Timestamp) {
+        if tick_at > self.at {
+            self.ticks_since += 1;
+        }
+    }
+}
+
 /// Conditions that must not outlast a tick at either cadence: `seen` maps
 /// each condition to when it was first observed; those observed now are
 /// kept (the others cleared) and those older than the window are returned.
@@ -468,6 +495,19 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                     out.push(v(
                         "heartbeating_agent_keeps_hook",
                         format!("idle agent {agent_id} unhooked although it heart-beat within 90 s"),
+                    ));
+                }
+            }
+            // #1358: nor is its bead taken back as lost (Rule 3).
+            Action::TransitionBead { bead_id, from: Some(BeadStatus::InProgress), reason, .. }
+                if reason.starts_with(AGENT_LOST) =>
+            {
+                let heartbeating =
+                    s.agents_hooked_to(bead_id).find(|a| !stale(s.now, a.last_activity_at, HEARTBEAT_STALE_MS));
+                if let Some(a) = heartbeating {
+                    out.push(v(
+                        "heartbeating_agent_keeps_hook",
+                        format!("bead {bead_id} reset as lost although its agent {} heart-beat within 90 s", a.id),
                     ));
                 }
             }

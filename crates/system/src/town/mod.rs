@@ -439,8 +439,17 @@ impl Town {
 
     // ---------------- hooks and agent control ----------------
 
+    /// A user's hook (upstream's `hookBead`). Beyond what every hook checks,
+    /// a user may not put a refinery on an MR the town would never review:
+    /// the review-queue rules and their oracles assume only Rule 5 decides.
     pub fn hook_bead(&mut self, agent: &str, bead: &str) -> Result<()> {
         self.tx(|cx| {
+            let (a, b) = (agents::get(cx, agent)?, beads::get(cx, bead)?);
+            if a.role == AgentRole::Refinery && b.bead_type == BeadType::MergeRequest {
+                if let Some(why) = review::refinery_refused(cx, &b)? {
+                    return Err(TownError::invalid("hook", why));
+                }
+            }
             agents::hook(cx, agent, bead)?;
             state::arm_if_needed(cx.conn, cx.now)
         })

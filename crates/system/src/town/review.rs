@@ -724,6 +724,31 @@ pub fn auto_merge_ready(cx: &mut Ctx<'_>, mr_id: &str) -> Result<()> {
     beads::touch(cx, &mr.bead_id)
 }
 
+/// Why no refinery may work this MR, if none may: a babysat PR is only
+/// polled (bug d), and a rig that does not review code sends its MRs past the
+/// refinery (bug c), except the town's own landing MRs and review-and-merge
+/// convoy members (§10.2 #1). The same cases as Rule 5's filter.
+pub fn refinery_refused(cx: &Ctx<'_>, mr: &beads::Bead) -> Result<Option<String>> {
+    let (babysit, mode): (bool, Option<String>) = cx
+        .conn
+        .prepare_cached(
+            "SELECT r.babysit, c.merge_mode FROM review_metadata r \
+             LEFT JOIN convoy_metadata c ON c.bead_id = r.convoy_id WHERE r.bead_id = ?1",
+        )?
+        .query_row([&mr.bead_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_default();
+    if babysit {
+        return Ok(Some(format!("MR {} is a babysat PR: it is polled, never reviewed", mr.bead_id)));
+    }
+    let exempt = mr.created_by.as_deref() == Some("system") || mode.as_deref() == Some("review-and-merge");
+    if !exempt && !super::pr::settings_for(cx, mr.rig_id.as_deref())?.code_review {
+        let rig = mr.rig_id.as_deref().unwrap_or("");
+        return Ok(Some(format!("MR {} belongs to rig {rig}, which does not review code", mr.bead_id)));
+    }
+    Ok(None)
+}
+
 /// Whether any label in `set` marks the bead as never needing review: fix-up
 /// work and triage batches. The one place this is decided (`gt_done` closes
 /// such beads, `submit` refuses them), so bug (i) has one switch.

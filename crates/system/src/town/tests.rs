@@ -274,6 +274,52 @@ fn the_oracle_names_a_direct_merge_over_open_rework() {
     assert_eq!(names(&town), ["no_merge_while_blocked"]);
 }
 
+/// Bug (f)'s oracle counts ticks, not time: Rule 3 would recover the bead
+/// within 5 min, before any time window that allows an idle-cadence tick.
+#[test]
+fn the_oracle_names_an_idle_agent_that_keeps_a_live_bead_through_two_ticks() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let (slung, _) = town.sling_bead(SlingBead { rig_id: rig, title: "x".into(), ..Default::default() }).unwrap();
+    let agent = slung.agent_id.unwrap();
+    let go_idle_and_silent = |town: &Town| {
+        let silent_since = clock.now().minus_ms(reconciler::constants::HEARTBEAT_STALE_MS + 1).0;
+        town.conn()
+            .execute(
+                "UPDATE agent_metadata SET status = 'idle', last_activity_at = ?2 WHERE bead_id = ?1",
+                rusqlite::params![agent, silent_since],
+            )
+            .unwrap();
+    };
+    let mut checker = invariants::Checker::new();
+    let mut names = |town: &Town, tick_at: Option<Timestamp>| {
+        if let Some(at) = tick_at {
+            checker.observe_tick(&TickReport { at, ..Default::default() });
+        }
+        let v = checker.check(town.conn(), town.config(), clock.now()).unwrap();
+        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
+    };
+
+    // The reconciler lets go on the next tick: no violation.
+    go_idle_and_silent(&town);
+    assert!(names(&town, None).is_empty(), "first sighting");
+    let r = tick_clean(&mut town, &clock, &runner, 5_000);
+    assert!(names(&town, Some(r.at)).is_empty());
+    assert_eq!(town.agent(&agent).unwrap().current_hook_bead_id, None);
+
+    // Ticks that change nothing: one that began before the sighting does
+    // not count, the second that began after it fires.
+    town.hook_bead(&agent, &slung.bead_id).unwrap();
+    go_idle_and_silent(&town);
+    let before = clock.now().minus_ms(1);
+    assert!(names(&town, None).is_empty());
+    assert!(names(&town, Some(before)).is_empty(), "a tick from before the sighting");
+    clock.advance_ms(5_000);
+    assert!(names(&town, Some(clock.now())).is_empty(), "one tick may not have seen it yet");
+    clock.advance_ms(5_000);
+    assert_eq!(names(&town, Some(clock.now())), ["idle_agent_releases_live_bead"]);
+}
+
 #[test]
 fn convoy_lazy_assignment_lands_through_one_landing_mr() {
     let (mut town, clock, rig) = town();
@@ -370,6 +416,36 @@ fn hook_refuses_unworkable_beads_triage_requests_and_double_hooks() {
     town.hook_bead(&agent, &b2).unwrap();
     let other = town.bead(&b2).unwrap().assignee_agent_bead_id.unwrap();
     assert_eq!(other, agent);
+}
+
+/// A user's hook may not put a refinery where Rule 5 never would: on a
+/// babysat PR, or on an MR of a rig that does not review code (the property
+/// test found the latter through the hook route).
+#[test]
+fn a_user_cannot_put_a_refinery_on_an_mr_the_town_never_reviews() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let (slung, _) =
+        town.sling_bead(SlingBead { rig_id: rig.clone(), title: "x".into(), ..Default::default() }).unwrap();
+    town.agent_done(&slung.agent_id.unwrap(), done("gt/toast/x", None, Some(&slung.bead_id))).unwrap();
+    tick_clean(&mut town, &clock, &runner, 5_000);
+    let mr = town.beads_of(BeadType::MergeRequest, None).unwrap().remove(0).bead_id;
+    let refinery = refinery_of(&mut town);
+    town.unhook_bead(&refinery).unwrap();
+    town.hook_bead(&refinery, &mr).unwrap();
+    town.unhook_bead(&refinery).unwrap();
+
+    let url = "https://github.com/acme/app/pull/77";
+    let adopt = babysit::AdoptPr { pr_url: url.into(), branch: "contrib/fix".into(), ..Default::default() };
+    let babysat = town.adopt_external_pr(&rig, &adopt, "user").unwrap().mr_bead_id;
+    let e = town.hook_bead(&refinery, &babysat).unwrap_err();
+    assert!(e.to_string().contains("babysat PR"), "{e}");
+
+    let mut cfg = town.config().clone();
+    cfg.refinery.as_mut().unwrap().code_review = false;
+    town.set_config(cfg).unwrap();
+    let e = town.hook_bead(&refinery, &mr).unwrap_err();
+    assert!(e.to_string().contains("does not review code"), "{e}");
 }
 
 #[test]

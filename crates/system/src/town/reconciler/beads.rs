@@ -102,6 +102,9 @@ fn idle_hooked_dispatch(s: &TownSnapshot, breaker: bool, out: &mut Vec<Action>) 
     }
 }
 
+/// Why Rule 3 takes an issue back (the oracles key on it).
+pub const AGENT_LOST: &str = "agent lost";
+
 /// Rule 3: an in-progress issue untouched for 5 min whose hooked agent is
 /// neither working/stalled nor heart-beating goes back to open (or fails at
 /// the cap). Runs while draining.
@@ -118,10 +121,10 @@ fn lost_agent(s: &TownSnapshot, b: &SnapBead, out: &mut Vec<Action>) {
         return;
     }
     if b.dispatch_attempts >= MAX_DISPATCH_ATTEMPTS {
-        let reason = format!("agent lost, max dispatch attempts exhausted ({})", b.dispatch_attempts);
+        let reason = format!("{AGENT_LOST}, max dispatch attempts exhausted ({})", b.dispatch_attempts);
         out.push(Action::transition_bead(&b.id, Some(BeadStatus::InProgress), BeadStatus::Failed, reason));
     } else {
-        out.push(Action::transition_bead(&b.id, Some(BeadStatus::InProgress), BeadStatus::Open, "agent lost"));
+        out.push(Action::transition_bead(&b.id, Some(BeadStatus::InProgress), BeadStatus::Open, AGENT_LOST));
     }
     out.push(Action::clear_assignee(&b.id));
 }
@@ -285,6 +288,11 @@ mod tests {
         k.draining = true;
         let out = k.run(reconcile);
         assert_eq!(transitions(&out), vec![("past", BeadStatus::Open), ("capped", BeadStatus::Failed)]);
+        // The oracle agrees, and names a reset under an agent that still heart-beats (#1358).
+        assert!(crate::town::invariants::check_actions(&k.s, &out).is_empty());
+        let reset = Action::transition_bead("fresh", Some(BeadStatus::InProgress), BeadStatus::Open, AGENT_LOST);
+        let v = crate::town::invariants::check_actions(&k.s, &[reset]);
+        assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["heartbeating_agent_keeps_hook"]);
     }
 
     #[test]
