@@ -158,3 +158,51 @@ fn network_faults_pass_and_converge() {
         ("hold_town_container", 2.0),
     ]));
 }
+
+/// An alarm run that fails after the status observation keeps what it
+/// recorded; the state is checked all the same, the alarm runs again, and
+/// the town converges. Partitions make the observations non-`running`.
+#[test]
+fn failed_ticks_are_checked_traced_and_retried() {
+    let mut cfg = family(&[("failed_tick", 0.3), ("partition_town_container", 3.0)]);
+    cfg.faults.rates.insert("failed_tick".into(), (0.3, 0.3));
+    cfg.duration_ms = 3_600_000;
+    cfg.heal_at_ms = Some(40 * 60_000);
+    cfg.workload.issues = 6;
+    let r = run(&cfg, 1);
+    assert!(r.passed, "{}", show(&r));
+    let failed = r.faults.get("failed_tick").copied().unwrap_or(0);
+    assert!(failed > 0, "{}", show(&r));
+    let traced = r.trace.iter().filter(|l| l.split(' ').nth(1) == Some("tick_failed")).count() as u64;
+    assert_eq!(traced, failed, "every injected failure reaches the world as a failed tick");
+}
+
+/// A town-container hold of 8 minutes queues more connection attempts than
+/// turmoil's default listener backlog (64); releasing it used to panic the
+/// simulator ("server socket buffer full").
+#[test]
+fn a_long_hold_releases_its_backlog_without_crashing() {
+    let text = r#"
+name = "long-hold"
+description = "one long hold"
+[run]
+seeds = 1
+duration = "40m"
+heal_at = "30m"
+converge_within = "40m"
+[workload]
+issues = { count = 10, per_hour = 60 }
+[[timeline]]
+at = "5m"
+fault = "hold"
+between = ["town", "container"]
+for = "8m"
+[expect]
+invariants = "all"
+liveness = true
+"#;
+    let sc = gastown_sim::scenario::Scenario::parse("long-hold.toml", text).unwrap();
+    let r = run(&gastown_sim::engine::world_config(&sc), 1);
+    assert_eq!(r.faults.get("hold").copied(), Some(1), "{}", show(&r));
+    assert!(r.passed, "{}", show(&r));
+}

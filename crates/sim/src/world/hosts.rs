@@ -116,6 +116,8 @@ pub struct Shared {
     pub town_wake: Notify,
     /// Tick reports with their wall-clock cost (µs), drained by the world.
     pub ticks: Mutex<Vec<(TickReport, u64)>>,
+    /// Ticks that ended in an error: (sim ms, error), drained by the world.
+    pub failed_ticks: Mutex<Vec<(i64, String)>>,
     tick_wall: Mutex<(Option<super::measure::Stopwatch>, u64)>,
     /// Trace records from inside hosts (RPCs), drained by the world: (sim ms, kind, body).
     pub records: Mutex<Vec<(i64, &'static str, String)>>,
@@ -150,6 +152,7 @@ impl Shared {
             town_ctl: Mutex::new(TownCtl::default()),
             town_wake: Notify::new(),
             ticks: Mutex::new(Vec::new()),
+            failed_ticks: Mutex::new(Vec::new()),
             tick_wall: Mutex::new((None, 0)),
             records: Mutex::new(Vec::new()),
             checks: Mutex::new(Vec::new()),
@@ -206,9 +209,19 @@ impl TickObserver for Observer {
             }
         }
     }
+    fn inject_failure(&self) -> Option<String> {
+        if !lock(&self.0.dice).roll("failed_tick") {
+            return None;
+        }
+        self.0.fault("failed_tick");
+        Some("injected: the alarm handler failed".into())
+    }
     fn tick_done(&self, report: &TickReport) {
         let cost = std::mem::take(&mut lock(&self.0.tick_wall).1);
         lock(&self.0.ticks).push((report.clone(), cost));
+    }
+    fn tick_failed(&self, error: &gastown::TownError) {
+        lock(&self.0.failed_ticks).push((host_now_ms(), error.to_string()));
     }
 }
 

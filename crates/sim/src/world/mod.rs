@@ -128,6 +128,14 @@ pub const FAULT_KINDS: &[FaultKind] = &[
         "per tick: a second tick starts while this tick's effects are in flight",
     ),
     fk(
+        "failed_tick",
+        "ticks",
+        Unit::PerChance,
+        false,
+        "per tick: the alarm handler fails with a storage error after the container status observation, before the \
+         events drain; the alarm runs again 5 s later",
+    ),
+    fk(
         "duplicate_request",
         "ticks",
         Unit::PerChance,

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Connections a host's listener queues before turmoil gives up: room for
+/// every attempt an hours-long hold of the busiest link piles up.
+const TCP_BACKLOG: usize = 1 << 16;
+
 /// Per-seed draws from the config's ranges.
 #[derive(Clone, Debug)]
 pub struct Sampled {
@@ -160,7 +164,21 @@ impl World {
 
     fn process_ticks(&mut self) {
         let reports = std::mem::take(&mut *lock(&self.sh.ticks));
+        let failed = std::mem::take(&mut *lock(&self.sh.failed_ticks));
         let Some(town) = self.sh.town() else { return };
+        // A failed tick keeps what it recorded before failing (the status
+        // observation): the state the town is in is checked all the same.
+        for (at, error) in failed {
+            self.trace.record(at, "tick_failed", &error);
+            let now = Timestamp(EPOCH.0 + self.now as i64);
+            match town.with_town_quietly(|t| self.checker.check(t.conn(), t.config(), now)) {
+                Ok(vs) => vs.into_iter().for_each(|v| self.violation(self.now, v)),
+                Err(e) => self.violation(
+                    self.now,
+                    Violation { invariant: "upstream_check", detail: format!("checker failed: {e}") },
+                ),
+            }
+        }
         for (report, cost) in reports {
             self.ticks += 1;
             measure::record(&mut self.tick_hist, cost);
@@ -368,6 +386,10 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
         .tick_duration(Duration::from_millis(cfg.step_ms))
         .max_message_latency(Duration::from_millis(cfg.step_ms.clamp(1, 50)))
         .enable_random_order()
+        // A held link delivers every connection attempt it queued at once on
+        // release; turmoil panics when they overflow a listener's backlog
+        // (64 by default), which a hold of a minute or two already did.
+        .tcp_capacity(TCP_BACKLOG)
         .build();
     hosts::forge_host(&mut sim, sh.clone(), seeds.forge);
     hosts::town_host(&mut sim, sh.clone());

@@ -78,10 +78,22 @@ impl TownHost {
         }
     }
 
-    /// One alarm tick with its network phases.
+    /// One alarm tick with its network phases. A failure is also handed to
+    /// the tick observer.
     pub async fn tick_once(&self) -> Result<Option<TickReport>> {
+        let r = self.tick_phases().await;
+        if let Err(e) = &r {
+            self.observe_failure(e);
+        }
+        r
+    }
+
+    async fn tick_phases(&self) -> Result<Option<TickReport>> {
         self.container_upkeep().await;
         self.observe_agents().await?;
+        if let Some(e) = self.injected_failure() {
+            return Err(e);
+        }
         self.observe_phase(TickPhase::BeginStart);
         let plan = self.with_town_quietly(|t| t.begin_tick());
         self.observe_phase(TickPhase::BeginEnd);

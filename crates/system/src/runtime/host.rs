@@ -57,7 +57,16 @@ pub enum TickPhase {
 /// every tick's report. Never called while the town's lock is held.
 pub trait TickObserver: Send + Sync {
     fn phase(&self, _phase: TickPhase) {}
+    /// Asked once per tick, after the container status observation and
+    /// before the events drain: a storage failure to inject there, as when
+    /// an alarm handler throws and the platform retries it (the simulator's
+    /// `failed_tick`). Nothing else ever injects one.
+    fn inject_failure(&self) -> Option<String> {
+        None
+    }
     fn tick_done(&self, _report: &crate::town::TickReport) {}
+    /// A tick ended in an error; what it recorded before failing stays.
+    fn tick_failed(&self, _error: &crate::error::TownError) {}
 }
 
 impl TownHost {
@@ -90,15 +99,29 @@ impl TownHost {
     }
 
     pub(super) fn observe_phase(&self, phase: TickPhase) {
-        let o = self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(o) = o {
+        if let Some(o) = self.observer() {
             o.phase(phase);
         }
     }
 
+    fn observer(&self) -> Option<Arc<dyn TickObserver>> {
+        self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn injected_failure(&self) -> Option<crate::error::TownError> {
+        let why = self.observer()?.inject_failure()?;
+        let io = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR);
+        Some(crate::error::TownError::Storage(rusqlite::Error::SqliteFailure(io, Some(why))))
+    }
+
+    pub(super) fn observe_failure(&self, error: &crate::error::TownError) {
+        if let Some(o) = self.observer() {
+            o.tick_failed(error);
+        }
+    }
+
     pub(super) fn observe_report(&self, report: &crate::town::TickReport) {
-        let o = self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(o) = o {
+        if let Some(o) = self.observer() {
             o.tick_done(report);
         }
     }

@@ -240,6 +240,30 @@ pub fn update_status_because(
     failure: Option<&Failure>,
     cause: CloseCause,
 ) -> Result<bool> {
+    let mut meta = Map::new();
+    if let Some(f) = failure {
+        meta.insert("failure_reason".into(), serde_json::to_value(f)?);
+    }
+    if to == BeadStatus::Closed {
+        meta.insert("cause".into(), cause.as_str().into());
+    }
+    change_status(cx, id, to, actor, &meta)
+}
+
+/// The metadata key that marks a `status_changed` event as a container
+/// eviction's reopen; its value is the agent whose session the eviction ended.
+pub const EVICTION_REOPEN: &str = "eviction_reopen_of";
+
+/// An eviction ended the session working on `id`: reopen it at once. The
+/// event names the agent, so the heartbeat oracle can judge whether that
+/// agent was still alive (#3538).
+pub fn reopen_after_eviction(cx: &mut Ctx<'_>, id: &str, agent_id: &str) -> Result<bool> {
+    let mut meta = Map::new();
+    meta.insert(EVICTION_REOPEN.into(), agent_id.into());
+    change_status(cx, id, BeadStatus::Open, "system", &meta)
+}
+
+fn change_status(cx: &mut Ctx<'_>, id: &str, to: BeadStatus, actor: &str, meta: &Map<String, Value>) -> Result<bool> {
     let from = status_of(cx, id)?.ok_or_else(|| TownError::not_found("Bead", id))?;
     if from == to || from.is_terminal() {
         return Ok(false);
@@ -250,14 +274,7 @@ pub fn update_status_because(
              closed_at = CASE WHEN ?2 = 'closed' THEN ?3 ELSE closed_at END WHERE bead_id = ?1",
         )?
         .execute(params![id, to, cx.now.0])?;
-    let mut meta = Map::new();
-    if let Some(f) = failure {
-        meta.insert("failure_reason".into(), serde_json::to_value(f)?);
-    }
-    if to == BeadStatus::Closed {
-        meta.insert("cause".into(), cause.as_str().into());
-    }
-    log_event(cx, id, Some(actor), "status_changed", Some(from.as_str()), Some(to.as_str()), Some(&meta))?;
+    log_event(cx, id, Some(actor), "status_changed", Some(from.as_str()), Some(to.as_str()), Some(meta))?;
     if to.is_terminal() {
         super::convoys::on_bead_terminal(cx, id)?;
     }

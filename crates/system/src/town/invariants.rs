@@ -68,6 +68,12 @@ pub struct Checker {
     idle_hooks: BTreeMap<(String, String), Sighting>,
     /// Rigs seen with an MR waiting for a refinery that is free, and since when.
     idle_queues: BTreeMap<String, Timestamp>,
+    /// Each agent's `last_activity_at` at the previous check: a lower bound
+    /// on its heartbeat at any later moment (the column only moves forward).
+    activity: BTreeMap<String, Timestamp>,
+    /// Eviction reopens already judged (a check at the same instant as the
+    /// previous one sees them again, with newer heartbeats).
+    judged_reopens: BTreeSet<String>,
 }
 
 impl Checker {
@@ -100,6 +106,7 @@ impl Checker {
         self.check_reviews(conn, &settings, now, &mut out)?;
         self.check_convoys(conn, &mut out)?;
         self.check_transitions(conn, since, &mut out)?;
+        self.check_eviction_reopens(conn, since, &mut out)?;
         self.check_events(conn, &mut out)?;
         self.check_escalations(conn, &mut out)?;
         self.check_dispatch_bounds(conn, &settings, &mut out)?;
@@ -338,6 +345,46 @@ impl Checker {
                 out.push(v("no_merge_while_blocked", format!("MR {bead} merged directly while fix-up work blocks it")));
             }
         }
+        Ok(())
+    }
+
+    /// #3538: a container eviction reopens its agent's bead only when that
+    /// agent's heartbeat is stale; a session still heart-beating outlived the
+    /// eviction and keeps its work. The heartbeat at the reopen is bounded
+    /// below by what the previous check saw, or by the agent's current value
+    /// if that is older than the reopen (a redispatch in the same tick sets
+    /// it to the reopen's own time, which proves nothing).
+    fn check_eviction_reopens(&mut self, conn: &Connection, since: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
+        let key = format!("$.{}", super::beads::EVICTION_REOPEN);
+        let mut st = conn.prepare_cached(
+            "SELECT e.bead_event_id, e.bead_id, e.created_at, json_extract(e.metadata, ?2), a.last_activity_at \
+             FROM bead_events e LEFT JOIN agent_metadata a ON a.bead_id = json_extract(e.metadata, ?2) \
+             WHERE e.event_type = 'status_changed' AND e.created_at >= ?1 AND json_extract(e.metadata, ?2) IS NOT NULL",
+        )?;
+        type Row = (String, String, i64, String, Option<i64>);
+        let reopens: Vec<Row> = st
+            .query_map(rusqlite::params![since.0, key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        for (event, bead, at, agent, current) in reopens {
+            if !self.judged_reopens.insert(event) {
+                continue;
+            }
+            let at = Timestamp(at);
+            let known = self.activity.get(&agent).copied().max(current.map(Timestamp).filter(|c| *c < at));
+            if known.is_some() && !stale(at, known, HEARTBEAT_STALE_MS) {
+                out.push(v(
+                    "heartbeating_agent_keeps_hook",
+                    format!("bead {bead} reopened by a container eviction although its agent {agent} heart-beat within 90 s"),
+                ));
+            }
+        }
+        let mut st = conn.prepare_cached(
+            "SELECT bead_id, last_activity_at FROM agent_metadata WHERE last_activity_at IS NOT NULL",
+        )?;
+        self.activity =
+            st.query_map([], |r| Ok((r.get(0)?, Timestamp(r.get(1)?))))?.collect::<rusqlite::Result<_>>()?;
         Ok(())
     }
 

@@ -320,7 +320,7 @@ pub fn agent_completed(
                         && (stale(cx.now, agent.last_activity_at, HEARTBEAT_STALE_MS)
                             || defects::on(Defect::EvictionResetDespiteHeartbeat)) =>
                 {
-                    beads::update_status(cx, &hook, BeadStatus::Open, "system", None)?;
+                    beads::reopen_after_eviction(cx, &hook, agent_id)?;
                     beads::set_assignee(cx, &hook, None)?;
                 }
                 // A fresh heartbeat: the session outlives the eviction (#3538).

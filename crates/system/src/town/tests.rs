@@ -320,6 +320,52 @@ fn the_oracle_names_an_idle_agent_that_keeps_a_live_bead_through_two_ticks() {
     assert_eq!(names(&town, Some(clock.now())), ["idle_agent_releases_live_bead"]);
 }
 
+/// #3538's oracle judges an eviction's reopen by the heartbeat the agent had
+/// at that moment, as far as the checks saw it: a stale one lets the bead go,
+/// a fresh one (seen at the previous check) names the reopen.
+#[test]
+fn the_oracle_names_an_eviction_reopen_under_a_heartbeating_agent() {
+    let (mut town, clock, rig) = town();
+    let runner = RecordingRunner::new();
+    let mut checker = invariants::Checker::new();
+    let mut names = |town: &Town| {
+        let v = checker.check(town.conn(), town.config(), clock.now()).unwrap();
+        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
+    };
+    let (slung, _) =
+        town.sling_bead(SlingBead { rig_id: rig.clone(), title: "x".into(), ..Default::default() }).unwrap();
+    let agent = slung.agent_id.unwrap();
+    town.heartbeat(&agent, &Watermark::default(), None).unwrap();
+    assert!(names(&town).is_empty());
+
+    // Stale: the real rule reopens, tagged with the agent, and nothing fires,
+    // even though the agent heart-beats again before the next check.
+    clock.advance_ms(reconciler::constants::HEARTBEAT_STALE_MS + 1);
+    town.agent_completed(&agent, ExitStatus::Completed, Some(review::EVICTION_REASON)).unwrap();
+    tick_clean(&mut town, &clock, &runner, 0);
+    let reopened: i64 = town
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM bead_events WHERE bead_id = ?1 AND json_extract(metadata, '$.eviction_reopen_of') = ?2",
+            rusqlite::params![slung.bead_id, agent],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reopened, 1, "the eviction reopened the bead and named its agent");
+    town.heartbeat(&agent, &Watermark::default(), None).unwrap();
+    assert!(names(&town).is_empty(), "a heartbeat after the reopen says nothing about the moment of it");
+
+    // Fresh: what the defect did. The previous check saw a heartbeat 30 s old.
+    let (other, _) = town.sling_bead(SlingBead { rig_id: rig, title: "y".into(), ..Default::default() }).unwrap();
+    let busy = other.agent_id.unwrap();
+    town.heartbeat(&busy, &Watermark::default(), None).unwrap();
+    let n = names(&town);
+    assert!(n.is_empty(), "{n:?}");
+    clock.advance_ms(30_000);
+    town.tx(|cx| beads::reopen_after_eviction(cx, &other.bead_id, &busy)).unwrap();
+    assert_eq!(names(&town), ["heartbeating_agent_keeps_hook"]);
+}
+
 #[test]
 fn convoy_lazy_assignment_lands_through_one_landing_mr() {
     let (mut town, clock, rig) = town();
