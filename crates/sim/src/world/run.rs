@@ -290,15 +290,40 @@ impl World {
 
 /// Run one seed of `cfg`. Deterministic: the same config and seed give the
 /// same trace hash. Never panics on a failing system; an unusable config is
-/// reported as a failure named `config`.
+/// reported as a failure named `config`, and a panic inside the simulation
+/// (the system's or turmoil's) as one named `simulator_panic`, so one bad
+/// seed ends only itself, not a thousand-seed run.
 pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
-    let wall = Stopwatch::start();
+    guarded(seed, opts, || run_seed_unguarded(cfg, seed, opts))
+}
+
+fn guarded(seed: u64, opts: &RunOptions, run: impl FnOnce() -> SeedReport) -> SeedReport {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let mut report = empty_report(seed, opts);
+        report.failures.push(Failure {
+            invariant: SIMULATOR_PANIC.into(),
+            detail: format!("the simulation panicked: {what}"),
+            sim_time_ms: 0,
+        });
+        report
+    })
+}
+
+/// The failure name of a seed whose simulation panicked.
+pub const SIMULATOR_PANIC: &str = "simulator_panic";
+
+fn empty_report(seed: u64, opts: &RunOptions) -> SeedReport {
     let replay = opts
         .replay_hint
         .clone()
         .unwrap_or_else(|| "gastown-world --seed {seed}".into())
         .replace("{seed}", &seed.to_string());
-    let mut report = SeedReport {
+    SeedReport {
         seed,
         passed: false,
         failures: Vec::new(),
@@ -318,7 +343,12 @@ pub fn run_seed(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
         fault_events: Vec::new(),
         stuck: Vec::new(),
         replay,
-    };
+    }
+}
+
+fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedReport {
+    let wall = Stopwatch::start();
+    let mut report = empty_report(seed, opts);
     if let Err(e) = cfg.validate() {
         report.failures.push(Failure { invariant: "config".into(), detail: e, sim_time_ms: 0 });
         return report;
@@ -602,5 +632,18 @@ mod tests {
         let mut untouched = StdRng::seed_from_u64(3);
         let _ = role_script(&mut untouched, &super::super::RoleRanges::default());
         assert_eq!(untouched.random::<u64>(), StdRng::seed_from_u64(3).random::<u64>(), "no table, no draw");
+    }
+
+    #[test]
+    fn a_panicking_seed_is_reported_as_its_own_failure() {
+        let opts = RunOptions { replay_hint: Some("replay --seed {seed}".into()), ..RunOptions::default() };
+        let r = guarded(7, &opts, || panic!("server socket buffer full"));
+        assert!(!r.passed);
+        assert_eq!(r.replay, "replay --seed 7");
+        assert_eq!(r.failures.len(), 1);
+        assert_eq!(r.failures[0].invariant, SIMULATOR_PANIC);
+        assert!(r.failures[0].detail.contains("server socket buffer full"), "{}", r.failures[0].detail);
+        let fine = guarded(8, &opts, || empty_report(8, &opts));
+        assert!(fine.failures.is_empty());
     }
 }
