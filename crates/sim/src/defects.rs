@@ -45,7 +45,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::ExitClosesBead, "bug-m-no-close-on-exit.toml"),
     (Defect::EvictionResetDespiteHeartbeat, "wal-loss.toml"),
     (Defect::RunningStatusRecorded, "bug-p-container-status-flood.toml"),
-    (Defect::ContainerStatusNotUpserted, "duplicate-ticks.toml"),
+    (Defect::ContainerStatusNotUpserted, "bug-p-container-status-flood.toml"),
     (Defect::PollKeepsUpdatedAt, "bug-q-poll-refreshes-updated-at.toml"),
     (Defect::InapplicableEventsRetried, "bug-r-failed-events-retried.toml"),
     (Defect::DeleteAgentReopensReviews, "gc-during-long-review.toml"),
