@@ -256,7 +256,7 @@ impl Container {
         r.mailbox = Some(tx);
         r.db = Some(db);
         r.last_activity_at = Some(now);
-        let driver = tokio::spawn(self.clone().drive(id.clone(), generation, agent, io, rx));
+        let driver = tokio::spawn(self.clone().drive(id.clone(), generation, agent, io, rx, resumed));
         r.driver = Some(driver.abort_handle());
         Ok(())
     }
@@ -291,7 +291,15 @@ impl Container {
         mut agent: Box<dyn Agent>,
         io: AgentIo,
         mut rx: mpsc::UnboundedReceiver<String>,
+        resumed: bool,
     ) {
+        // A resumed session runs no turn at start (upstream only sends it the
+        // model, with `noReply`), so it is idle at once: a resumed mayor
+        // reports `/waiting`. Without it, a mayor whose turn a crash cut off
+        // stayed `working` in the town for good, on the active cadence.
+        if resumed && rx.is_empty() {
+            self.on_idle(&id, generation).await;
+        }
         while let Some(prompt) = rx.recv().await {
             match agent.turn(&io, &prompt).await {
                 TurnEnd::Idle => {

@@ -118,6 +118,7 @@ mod tests {
     use super::super::tests::*;
     use crate::container::fake_town::FakeTown;
     use crate::container::session::TurnRole;
+    use crate::container::town_link::TownCall;
     use crate::container::{BootEnv, ScriptConfig};
     use crate::model::AgentRole;
     use crate::wire::{ProcessStatus, RegistryEntry};
@@ -153,6 +154,10 @@ mod tests {
         first.c.stop_all().await; // the process goes away (no drain): the registry still lists both
         assert_eq!(town.registry().len(), 2);
 
+        let waiting = |calls: Vec<TownCall>| {
+            calls.iter().filter(|c| matches!(c, TownCall::Waiting(a, _) if a.agent_id == "m1")).count()
+        };
+        let waiting_before = waiting(town.calls());
         // Second container, new disk, same town.
         let second = rig_with(quick_script(), town.clone(), |c| c.boot = Some(boot_env()));
         second.c.boot();
@@ -169,6 +174,9 @@ mod tests {
         assert_eq!(prompts, 1, "resumed, initial prompt not repeated: {mayor:?}");
         assert!(mayor.iter().any(|t| t.text == "build the thing" && t.role == TurnRole::User));
         assert_eq!(second.c.status("m1").unwrap().message_count, 0, "nothing was sent on resume");
+        // The turn the first container was in is gone; the resumed mayor is
+        // idle and says so (else the town keeps it `working` for good).
+        assert_eq!(waiting(town.calls()) - waiting_before, 1, "one /waiting for the resumed mayor");
         let polecat = second.c.session_turns("p1");
         assert_eq!(polecat.len(), 1, "fresh session with its original prompt: {polecat:?}");
         assert_eq!(polecat[0].text, "initial prompt for p1");

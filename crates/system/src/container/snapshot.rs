@@ -167,7 +167,9 @@ mod tests {
         sleep_s(5).await;
         let after = b.c.session_turns("m1");
         assert_eq!(after, before, "history intact, initial prompt once");
-        assert_eq!(town.count("waiting"), 2, "no new turn ran on resume");
+        // No turn ran (the history is unchanged), and the idle resumed mayor
+        // said so once: two turns' /waiting plus the resume's.
+        assert_eq!(town.count("waiting"), 3);
         b.c.send_message("m1", "and now?").unwrap();
         sleep_s(2).await;
         let texts: Vec<_> = b.c.session_turns("m1").into_iter().map(|t| t.text).collect();
