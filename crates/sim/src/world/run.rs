@@ -162,6 +162,14 @@ impl World {
         }
     }
 
+    /// The town `Checker` over the database now; a checker that cannot read
+    /// the database is a failure too.
+    fn check_town_state(&mut self, town: &gastown::runtime::TownHost) -> Vec<Violation> {
+        let now = Timestamp(EPOCH.0 + self.now as i64);
+        town.with_town_quietly(|t| self.checker.check(t.conn(), t.config(), now))
+            .unwrap_or_else(|e| vec![Violation { invariant: "upstream_check", detail: format!("checker failed: {e}") }])
+    }
+
     fn process_ticks(&mut self) {
         let reports = std::mem::take(&mut *lock(&self.sh.ticks));
         let failed = std::mem::take(&mut *lock(&self.sh.failed_ticks));
@@ -170,13 +178,8 @@ impl World {
         // observation): the state the town is in is checked all the same.
         for (at, error) in failed {
             self.trace.record(at, "tick_failed", &error);
-            let now = Timestamp(EPOCH.0 + self.now as i64);
-            match town.with_town_quietly(|t| self.checker.check(t.conn(), t.config(), now)) {
-                Ok(vs) => vs.into_iter().for_each(|v| self.violation(self.now, v)),
-                Err(e) => self.violation(
-                    self.now,
-                    Violation { invariant: "upstream_check", detail: format!("checker failed: {e}") },
-                ),
+            for v in self.check_town_state(&town) {
+                self.violation(self.now, v);
             }
         }
         for (report, cost) in reports {
@@ -230,14 +233,9 @@ impl World {
                     self.mark("event_applied_late");
                 }
             }
-            let now = Timestamp(EPOCH.0 + self.now as i64);
             let mut vs = self.checker.observe_tick(&report);
             vs.extend(report.action_violations.iter().cloned());
-            let checked = town.with_town_quietly(|t| self.checker.check(t.conn(), t.config(), now));
-            match checked {
-                Ok(more) => vs.extend(more),
-                Err(e) => vs.push(Violation { invariant: "upstream_check", detail: format!("checker failed: {e}") }),
-            }
+            vs.extend(self.check_town_state(&town));
             for msg in &report.invariant_violations {
                 vs.push(Violation { invariant: "upstream_check", detail: msg.clone() });
             }
