@@ -11,7 +11,7 @@ use super::oracles;
 use super::run::{Box_, Sampled, World};
 use super::workload::arrivals;
 use super::{Unit, FAULT_KINDS};
-use gastown::container::session;
+use gastown::container::{session, DrainReport};
 use gastown::forge::{CheckRun, Fault, FaultKind};
 use gastown::wire::ProcessStatus;
 use rand::rngs::StdRng;
@@ -102,14 +102,14 @@ impl World {
             self.on_timer(sim, t);
         }
         // The container's drain, and evictions waiting for a start.
-        if let Box_::Draining { crash_at, .. } = self.container {
-            let done = lock(&self.sh.container).drain_done;
-            if let Some((frozen, _uploaded)) = done {
+        if let Box_::Draining { since, crash_at } = self.container {
+            let done = lock(&self.sh.container).drain_done.take();
+            if let Some(report) = done {
                 self.mark("drain_completed");
-                if frozen > 0 {
+                if !report.frozen.is_empty() {
                     self.mark("drain_froze_agents");
                 }
-                self.after_drain_oracles();
+                self.after_drain_oracles(since, &report);
                 sim.crash("container");
                 self.container = Box_::Down;
                 let delay = self.range(self.sampled.restart_delay_ms);
@@ -129,15 +129,27 @@ impl World {
         }
     }
 
-    fn after_drain_oracles(&mut self) {
+    fn after_drain_oracles(&mut self, since: u64, report: &DrainReport) {
         let (Some(town), Some(c)) = (self.sh.town(), lock(&self.sh.container).container.clone()) else { return };
         let tampered = lock(&self.sh.dice).tampered_uploads.clone();
-        let stored_at = lock(&self.sh.snapshots_stored).clone();
+        // The container's own record: when each stored snapshot was read,
+        // which a version or the time the upload landed do not tell.
+        let stored_at = c
+            .statuses()
+            .iter()
+            .filter_map(|s| Some((s.agent_id.clone(), c.last_snapshot_taken(&s.agent_id)?)))
+            .collect();
         let at = |ms: u64| EPOCH.plus_ms(i64::try_from(ms).unwrap_or(i64::MAX));
         let link_cuts: Vec<_> = self.link_cuts.iter().map(|&(from, until)| (at(from), until.map(at))).collect();
-        let uploads = oracles::UploadHistory { tampered: &tampered, stored_at: &stored_at, link_cuts: &link_cuts };
+        let history = oracles::DrainHistory {
+            tampered: &tampered,
+            stored_at: &stored_at,
+            link_cuts: &link_cuts,
+            began: at(since),
+            registry_synced: report.final_registry_synced,
+        };
         let scratch = self.sh.data.join("scratch");
-        for v in oracles::after_drain(&town, &c, &scratch, &uploads) {
+        for v in oracles::after_drain(&town, &c, &scratch, &history) {
             self.violation(self.now, v);
         }
     }

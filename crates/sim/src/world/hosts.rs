@@ -11,7 +11,9 @@ use crate::net::{TurmoilConnector, TurmoilListener};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use gastown::container::{BootEnv, Container, ContainerConfig, PrOpener, PrRequest, ScriptConfig, ScriptedRuntime};
+use gastown::container::{
+    BootEnv, Container, ContainerConfig, DrainReport, PrOpener, PrRequest, ScriptConfig, ScriptedRuntime,
+};
 use gastown::forge::{Fault, FaultKind, Forge, ForgeConfig, RepoSettings};
 use gastown::model::{MergeMode, RigOverrides, TownConfig};
 use gastown::net::{HttpClient, SendFuture};
@@ -76,8 +78,8 @@ pub struct ContainerSlot {
     pub container: Option<Container>,
     /// The world asks the running instance to drain (graceful eviction).
     pub drain_requested: bool,
-    /// Set by the instance when its drain finished: (frozen agents, snapshots uploaded).
-    pub drain_done: Option<(usize, usize)>,
+    /// Set by the instance when its drain finished.
+    pub drain_done: Option<DrainReport>,
 }
 
 /// Per-request fault dice (town front and forge front), on the faults stream.
@@ -125,9 +127,6 @@ pub struct Shared {
     /// its own calls), drained by the world: (sim ms, violation).
     pub checks: Mutex<Vec<(i64, Violation)>>,
     pub dice: Mutex<Dice>,
-    /// Per agent, when the town last stored one of its session snapshots
-    /// (the drain-history oracle asks whether anything arrived after a turn).
-    pub snapshots_stored: Mutex<BTreeMap<String, Timestamp>>,
     pub faults: Mutex<Vec<(i64, String)>>,
     /// PRs merged by `merge_mid_feedback_read`: (sim ms, PR url), drained by the world.
     pub mid_read_merges: Mutex<Vec<(i64, String)>>,
@@ -157,7 +156,6 @@ impl Shared {
             records: Mutex::new(Vec::new()),
             checks: Mutex::new(Vec::new()),
             dice: Mutex::new(dice),
-            snapshots_stored: Mutex::new(BTreeMap::new()),
             faults: Mutex::new(Vec::new()),
             mid_read_merges: Mutex::new(Vec::new()),
             prs: Mutex::new(Vec::new()),
@@ -360,9 +358,6 @@ async fn town_front(State(f): State<Front>, req: Request) -> Response {
         f.sh.fault("duplicate_request");
         f.sh.record("rpc", format!("{method} {path} -> {} (duplicated)", resp.status().as_u16()));
         resp = f.inner.clone().oneshot(make()).await.into_response();
-    }
-    if snapshot && resp.status() == axum::http::StatusCode::OK {
-        lock(&f.sh.snapshots_stored).insert(agent, EPOCH.plus_ms(host_now_ms()));
     }
     f.sh.record("rpc", format!("{method} {path} -> {}", resp.status().as_u16()));
     resp
@@ -578,7 +573,7 @@ pub fn container_host(sim: &mut turmoil::Sim<'_>, sh: Arc<Shared>) {
                     }
                 }
                 let r = c2.drain().await;
-                lock(&sh2.container).drain_done = Some((r.frozen.len(), r.snapshots_uploaded));
+                lock(&sh2.container).drain_done = Some(r);
             });
             c.serve(TurmoilListener::bind(CONTAINER_PORT).await?).await?;
             Ok(())

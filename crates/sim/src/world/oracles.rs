@@ -175,40 +175,60 @@ fn snapshot_turns(bytes: &[u8], scratch: &Path, session_id: &str) -> Option<usiz
     db.turns(session_id).ok().map(|t| t.len())
 }
 
-/// What the world knows about the snapshot uploads before a drain ended:
-/// which uploads a fault touched, which ones the town stored, and when the
-/// town and the container could not reach each other.
+/// What the world knows about a drain when it ended: which snapshot
+/// uploads a fault touched, which ones the town stored, when the town and the
+/// container could not reach each other, and whether the final registry sync
+/// got through.
 #[derive(Clone, Copy, Debug)]
-pub struct UploadHistory<'a> {
+pub struct DrainHistory<'a> {
     /// Agents whose upload a fault lost or held, or whose WAL a reader pinned.
     pub tampered: &'a BTreeSet<String>,
-    /// Per agent, when the town last stored one of its uploads (answered 200).
+    /// Per agent, when the newest snapshot the town accepted from the
+    /// draining container was read off its disk.
     pub stored_at: &'a BTreeMap<String, Timestamp>,
     /// Partitions and holds between town and container: (from, until; `None`
     /// while it lasts).
     pub link_cuts: &'a [(Timestamp, Option<Timestamp>)],
+    /// When the container got its SIGTERM.
+    pub began: Timestamp,
+    /// The drain's last registry sync was answered 2xx.
+    pub registry_synced: bool,
 }
 
-impl UploadHistory<'_> {
+impl DrainHistory<'_> {
+    fn cut_since(&self, t: Timestamp) -> bool {
+        self.link_cuts.iter().any(|&(_, until)| until.is_none_or(|u| u >= t))
+    }
+
     /// Could the snapshot that should follow a session's last turn (written
     /// at `last_turn`) have been kept from the town by the network? Only if no
-    /// upload of the agent was stored since that turn and the link was cut at
-    /// some point after it. Upstream never retries a failed upload (spec
-    /// container §2.10 step 3), so the turns are lost by design.
+    /// snapshot taken after that turn was stored and the link was cut at some
+    /// point after it. Upstream never retries a failed upload (spec
+    /// container §2.10 step 3), so the turns are lost by design. "After" is
+    /// strict: a snapshot and the next session's first turn can share a
+    /// millisecond, and then the snapshot is the older (evict-hold seed 2).
     fn cut_off(&self, agent_id: &str, last_turn: Timestamp) -> bool {
-        let stored_since = self.stored_at.get(agent_id).is_some_and(|&at| at >= last_turn);
-        !stored_since && self.link_cuts.iter().any(|&(_, until)| until.is_none_or(|u| u >= last_turn))
+        let stored_since = self.stored_at.get(agent_id).is_some_and(|&taken| taken > last_turn);
+        !stored_since && self.cut_since(last_turn)
+    }
+
+    /// Could the network have kept the drain's final registry sync from the
+    /// town? Only if that sync failed and the link was cut during the drain;
+    /// the container does not retry it (it exits next), as upstream.
+    fn registry_cut_off(&self) -> bool {
+        !self.registry_synced && self.cut_since(self.began)
     }
 }
 
 /// Session side, after a graceful drain finished: every session's history is
 /// in the town's stored snapshot, and the registry is empty. A session is
 /// exempt when nothing was ever owed to the town for it: it failed (see
-/// below), or `uploads` shows a fault kept its last snapshot away.
-pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, uploads: &UploadHistory<'_>) -> Vec<Violation> {
+/// below), or `history` shows a fault kept its last snapshot away; the
+/// registry when `history` shows the network kept the last sync away.
+pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, history: &DrainHistory<'_>) -> Vec<Violation> {
     let mut out = Vec::new();
     for s in c.statuses() {
-        if uploads.tampered.contains(&s.agent_id) {
+        if history.tampered.contains(&s.agent_id) {
             continue;
         }
         // A session ended by a stream error (or a start that failed) is never
@@ -226,7 +246,7 @@ pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, uploads: &Upl
         // The exit snapshot went out while a partition cut the town off
         // (smoke seed 90): the town never saw it and the container does not
         // retry, as upstream.
-        if uploads.cut_off(&s.agent_id, last.at) {
+        if history.cut_off(&s.agent_id, last.at) {
             continue;
         }
         let stored = town.with_town_quietly(|t| t.session_snapshot(&s.agent_id)).ok().flatten();
@@ -242,16 +262,17 @@ pub fn after_drain(town: &TownHost, c: &Container, scratch: &Path, uploads: &Upl
             out.push(v(
                 "session_history_survives_drain",
                 format!(
-                    "agent {}: snapshot v{} holds {got} of the session's {} turns",
+                    "agent {}: snapshot v{} holds {got} of the session's {} turns (last turn at {} ms)",
                     s.agent_id,
                     meta.version,
-                    turns.len()
+                    turns.len(),
+                    last.at.ms()
                 ),
             ));
         }
     }
     let registry = town.with_town_quietly(|t| t.container_registry()).unwrap_or_default();
-    if !registry.is_empty() {
+    if !registry.is_empty() && !history.registry_cut_off() {
         let ids: Vec<&str> = registry.iter().map(|e| e.agent_id.as_str()).collect();
         out.push(v("registry_cleared_after_drain", format!("registry still lists {ids:?} after the drain")));
     }
@@ -482,15 +503,36 @@ mod tests {
             t.set_container_registry(&[RegistryEntry { agent_id: "p1".into(), request, workdir: "/w".into() }])
         })
         .unwrap();
-        let v = after_drain(&h, &c, &dir.path().join("scratch"), &no_faults());
-        assert_eq!(names(&v), ["registry_cleared_after_drain"]);
+        let scratch = dir.path().join("scratch");
+        assert_eq!(names(&after_drain(&h, &c, &scratch, &no_faults())), ["registry_cleared_after_drain"]);
+        // The last sync failed, but the link was up all along: still a bug.
+        let unsynced = DrainHistory { registry_synced: false, ..no_faults() };
+        assert_eq!(names(&after_drain(&h, &c, &scratch, &unsynced)), ["registry_cleared_after_drain"]);
+        // A cut that healed before the drain began explains nothing.
+        let healed = [(T0.minus_ms(60_000), Some(T0.minus_ms(1)))];
+        let before = DrainHistory { link_cuts: &healed, ..unsynced };
+        assert_eq!(names(&after_drain(&h, &c, &scratch, &before)), ["registry_cleared_after_drain"]);
+        // Evict-hold seed 2: a hold began during the drain and its last sync
+        // timed out in it; the container exits without retrying, as upstream.
+        let held = [(T0.plus_ms(137_000), None)];
+        let cut = DrainHistory { link_cuts: &held, ..unsynced };
+        assert!(after_drain(&h, &c, &scratch, &cut).is_empty());
+        // The same hold with a sync that got through: the town dropped it.
+        let synced = DrainHistory { registry_synced: true, ..cut };
+        assert_eq!(names(&after_drain(&h, &c, &scratch, &synced)), ["registry_cleared_after_drain"]);
     }
 
     static NO_TAMPERING: BTreeSet<String> = BTreeSet::new();
     static NOTHING_STORED: BTreeMap<String, Timestamp> = BTreeMap::new();
 
-    fn no_faults() -> UploadHistory<'static> {
-        UploadHistory { tampered: &NO_TAMPERING, stored_at: &NOTHING_STORED, link_cuts: &[] }
+    fn no_faults() -> DrainHistory<'static> {
+        DrainHistory {
+            tampered: &NO_TAMPERING,
+            stored_at: &NOTHING_STORED,
+            link_cuts: &[],
+            began: T0,
+            registry_synced: true,
+        }
     }
 
     fn polecat(id: &str) -> StartAgentRequest {
@@ -558,17 +600,22 @@ mod tests {
         assert_eq!(names(&v), ["session_history_survives_drain"], "{v:?}");
         // A cut that ended before the last turn explains nothing either.
         let before = [(last_turn.minus_ms(60_000), Some(last_turn.minus_ms(1)))];
-        let uploads = UploadHistory { link_cuts: &before, ..no_faults() };
+        let uploads = DrainHistory { link_cuts: &before, ..no_faults() };
         assert_eq!(names(&after_drain(&h, &c, &scratch, &uploads)), ["session_history_survives_drain"]);
         // Smoke seed 90: the link was cut after the last turn and nothing
         // arrived since: the exit snapshot never reached the town.
         let cut = [(last_turn.plus_ms(1_000), Some(last_turn.plus_ms(200_000)))];
-        let uploads = UploadHistory { link_cuts: &cut, ..no_faults() };
+        let uploads = DrainHistory { link_cuts: &cut, ..no_faults() };
         assert!(after_drain(&h, &c, &scratch, &uploads).is_empty());
         // But an upload the town stored after the last turn must hold it all
         // (an upload of the main file alone, bug (a), is still caught).
         let stored: BTreeMap<String, Timestamp> = [("p1".to_owned(), last_turn.plus_ms(500))].into();
-        let uploads = UploadHistory { stored_at: &stored, link_cuts: &cut, ..no_faults() };
+        let uploads = DrainHistory { stored_at: &stored, link_cuts: &cut, ..no_faults() };
         assert_eq!(names(&after_drain(&h, &c, &scratch, &uploads)), ["session_history_survives_drain"]);
+        // Evict-hold seed 2: the stored snapshot was read in the same
+        // millisecond as the turn, before it; it need not hold it.
+        let same_ms: BTreeMap<String, Timestamp> = [("p1".to_owned(), last_turn)].into();
+        let uploads = DrainHistory { stored_at: &same_ms, link_cuts: &cut, ..no_faults() };
+        assert!(after_drain(&h, &c, &scratch, &uploads).is_empty());
     }
 }

@@ -158,6 +158,9 @@ struct State {
     next_generation: u64,
     next_timer: u64,
     last_snapshot_version: i64,
+    /// Per agent, when the newest snapshot the town accepted from this
+    /// instance was read off the disk.
+    snapshots_taken: BTreeMap<String, Timestamp>,
     heartbeat: Option<AbortHandle>,
     heartbeat_stopped: bool,
     ready_acknowledged: bool,
@@ -279,6 +282,13 @@ impl Container {
 
     fn st(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the newest snapshot of the agent that the town accepted from
+    /// this instance was read: the turns written after it are not in the
+    /// town's copy yet.
+    pub fn last_snapshot_taken(&self, agent_id: &str) -> Option<Timestamp> {
+        self.st().snapshots_taken.get(agent_id).copied()
     }
 
     pub fn is_draining(&self) -> bool {

@@ -40,6 +40,7 @@ impl Container {
     pub async fn snapshot(&self, req: &StartAgentRequest) -> SnapshotOutcome {
         let id = &req.agent.agent_id;
         let path = session::db_path(&self.inner.config.data_dir, id);
+        let taken = self.now();
         let read = session::read_for_snapshot(&path);
         // The version is taken when the bytes are read, not when they land.
         let bytes = match read {
@@ -60,6 +61,10 @@ impl Container {
         let call = TownCall::PutSnapshot { agent: self.agent_addr(req), version, bytes };
         match self.authed(call).await {
             Ok(_) => {
+                let mut st = self.st();
+                let newest = st.snapshots_taken.entry(id.clone()).or_insert(taken);
+                *newest = (*newest).max(taken);
+                drop(st);
                 tracing::info!(agent_id = %id, version, size_bytes, "snapshot saved");
                 SnapshotOutcome::Uploaded { version, size_bytes }
             }
@@ -124,12 +129,17 @@ mod tests {
         let req = request("m1", AgentRole::Mayor);
         r.c.start(req.clone()).await.unwrap();
         settle().await;
+        let read_at = r.c.now();
         let SnapshotOutcome::Uploaded { version: v1, .. } = r.c.snapshot(&req).await else { panic!() };
         let SnapshotOutcome::Uploaded { version: v2, .. } = r.c.snapshot(&req).await else { panic!() };
         assert!(v2 > v1, "same clock ms, still a newer version");
+        // The version ran ahead of the clock; the read time did not.
+        assert_eq!(r.c.last_snapshot_taken("m1"), Some(read_at));
         // Another container uploaded something newer meanwhile.
         r.town.with(|s| s.snapshots.get_mut("m1").unwrap().0 = v2 + 1_000_000);
+        sleep_s(5).await;
         assert!(matches!(r.c.snapshot(&req).await, SnapshotOutcome::Refused(_)));
+        assert_eq!(r.c.last_snapshot_taken("m1"), Some(read_at), "a refused upload is not the town's copy");
     }
 
     #[tokio::test(start_paused = true)]
