@@ -43,7 +43,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::ResetKeepsCounters, "bug-k-reset-zeroes-counters.toml"),
     (Defect::HookNotExclusive, "bug-l-hook-mutual-exclusion.toml"),
     (Defect::ExitClosesBead, "bug-m-no-close-on-exit.toml"),
-    (Defect::EvictionResetDespiteHeartbeat, "wal-loss.toml"),
+    (Defect::EvictionResetDespiteHeartbeat, "drain-under-hold.toml"),
     (Defect::RunningStatusRecorded, "bug-p-container-status-flood.toml"),
     (Defect::ContainerStatusNotUpserted, "bug-p-container-status-flood.toml"),
     (Defect::PollKeepsUpdatedAt, "bug-q-poll-refreshes-updated-at.toml"),
