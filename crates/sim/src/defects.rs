@@ -55,7 +55,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::StalledTimeoutFromHeartbeat, "wedged-sessions.toml"),
     (Defect::SiblingMrsStayOpen, "flaky-prs.toml"),
     (Defect::ConvoyPredicateByParent, "bug-c-fast-track-needs-pr-url.toml"),
-    (Defect::GcDeletesNeverActive, "bug-k-reset-zeroes-counters.toml"),
+    (Defect::GcDeletesNeverActive, "triage-desk.toml"),
 ];
 
 /// The scenario file that hunts `d`, relative to the scenarios directory.

@@ -82,6 +82,7 @@ pub fn world_config(sc: &Scenario) -> WorldConfig {
         delete_bead_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.delete_bead_per_hour),
         reassign_bead_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.reassign_bead_per_hour),
         assign_bead_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.assign_bead_per_hour),
+        resolve_triage_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.resolve_triage_per_hour),
         acknowledge_escalation_per_hour: wl.user_actions.as_ref().map_or(0.0, |u| u.acknowledge_escalation_per_hour),
     };
     let a = &sc.agents;

@@ -169,11 +169,15 @@ pub struct UserActions {
     /// planned, and starts when the reconciler lets it.
     #[serde(default)]
     pub assign_bead_per_hour: f64,
+    /// A triage agent (or a human) resolves the oldest open triage request
+    /// with one of the options it offers (`POST …/triage/resolve`).
+    #[serde(default)]
+    pub resolve_triage_per_hour: f64,
 }
 
 impl UserActions {
     /// Each rate by its key, for validation.
-    fn rates(&self) -> [(&'static str, f64); 8] {
+    fn rates(&self) -> [(&'static str, f64); 9] {
         [
             ("reset_agent_per_hour", self.reset_agent_per_hour),
             ("close_bead_per_hour", self.close_bead_per_hour),
@@ -183,6 +187,7 @@ impl UserActions {
             ("adopt_pr_per_hour", self.adopt_pr_per_hour),
             ("reassign_bead_per_hour", self.reassign_bead_per_hour),
             ("assign_bead_per_hour", self.assign_bead_per_hour),
+            ("resolve_triage_per_hour", self.resolve_triage_per_hour),
         ]
     }
 }

@@ -185,6 +185,8 @@ pub struct Workload {
     pub reassign_bead_per_hour: f64,
     /// A user hooks an idle polecat to an open, unassigned issue of its rig (staged or held ones too).
     pub assign_bead_per_hour: f64,
+    /// A triage agent resolves the oldest open triage request with one of its options.
+    pub resolve_triage_per_hour: f64,
 }
 
 impl Default for Workload {
@@ -202,6 +204,7 @@ impl Default for Workload {
             delete_bead_per_hour: 0.0,
             reassign_bead_per_hour: 0.0,
             assign_bead_per_hour: 0.0,
+            resolve_triage_per_hour: 0.0,
         }
     }
 }

@@ -49,6 +49,7 @@ pub const INVARIANTS: &[&str] = &[
     "held_beads_wait",
     "stall_lasts_2h30",
     "heartbeating_agent_keeps_hook",
+    "gc_only_long_idle_agents",
     // the workload's postconditions on its own calls
     "reset_clears_counters",
     // the alarm, checked by the world between steps

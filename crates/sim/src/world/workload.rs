@@ -20,18 +20,38 @@ use std::time::Duration;
 /// their number, in creation order.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Sling { rig: String, title: String },
-    Convoy { index: usize, rig: String, plan: ConvoyPlan },
-    StartConvoy { index: usize },
-    MayorMessage { text: String },
+    Sling {
+        rig: String,
+        title: String,
+    },
+    Convoy {
+        index: usize,
+        rig: String,
+        plan: ConvoyPlan,
+    },
+    StartConvoy {
+        index: usize,
+    },
+    MayorMessage {
+        text: String,
+    },
     ResetAgent,
     CloseBead,
     AcknowledgeEscalation,
     CloseEscalation,
-    AdoptPr { n: usize, rig: String },
-    DeleteBead { pick: u64 },
+    AdoptPr {
+        n: usize,
+        rig: String,
+    },
+    DeleteBead {
+        pick: u64,
+    },
     ReassignBead,
     AssignBead,
+    /// `pick` chooses among the options the request offers.
+    ResolveTriage {
+        pick: u64,
+    },
 }
 
 /// Exponential gap with the given mean.
@@ -110,6 +130,15 @@ pub fn schedule(cfg: &WorldConfig, rng: &mut StdRng) -> Vec<(u64, Op)> {
     if w.assign_bead_per_hour > 0.0 {
         for at in arrivals(rng, w.assign_bead_per_hour, end, 10_000) {
             ops.push((at, Op::AssignBead));
+        }
+    }
+    if w.resolve_triage_per_hour > 0.0 {
+        // Triage is people's work, not a fault: it goes on after the heal
+        // (GUPP's requests come 2 h after a dispatch) and stops half-way
+        // through the convergence window, so what it restarts can settle.
+        let triage_end = cfg.deadline() - cfg.converge_within_ms / 2;
+        for at in arrivals(rng, w.resolve_triage_per_hour, triage_end, 10_000) {
+            ops.push((at, Op::ResolveTriage { pick: rng.random() }));
         }
     }
     ops.sort_by_key(|(at, _)| *at);
@@ -194,6 +223,29 @@ pub fn shape(shape: ConvoyShape, n: usize) -> Vec<Vec<usize>> {
 fn pick(sh: &Shared, sql: &str, params: impl rusqlite::Params) -> Option<String> {
     let host = sh.town()?;
     host.with_town_quietly(|t| Ok(t.conn().query_row(sql, params, |r| r.get::<_, String>(0)).ok())).ok().flatten()
+}
+
+/// The oldest open triage request and the action at `pick` modulo the
+/// options it offers (`DISCARD` when it offers none).
+fn pick_triage(sh: &Shared, pick: u64) -> Option<(String, String)> {
+    let host = sh.town()?;
+    let row = host.with_town_quietly(|t| {
+        Ok(t.conn()
+            .query_row(
+                "SELECT bead_id, COALESCE(json_extract(metadata, '$.options'), '[]') FROM beads \
+                 WHERE type = 'issue' AND status = 'open' AND labels LIKE '%\"gt:triage-request\"%' \
+                 ORDER BY created_at, bead_id LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .ok())
+    });
+    let (id, options) = row.ok().flatten()?;
+    let options: Vec<String> = serde_json::from_str(&options).unwrap_or_default();
+    let n = u64::try_from(options.len()).unwrap_or(1).max(1);
+    let action =
+        usize::try_from(pick % n).ok().and_then(|i| options.get(i).cloned()).unwrap_or_else(|| "DISCARD".into());
+    Some((id, action))
 }
 
 /// The live issue at `pick` modulo their number, in creation order: the
@@ -311,10 +363,22 @@ pub async fn play(sh: Arc<Shared>, ops: Vec<(u64, Op)>) -> turmoil::Result {
                 }
                 None => continue,
             },
+            Op::ResolveTriage { pick } => match pick_triage(&sh, *pick) {
+                Some((id, action)) => (
+                    format!("{base}/triage/resolve"),
+                    json!({ "triage_request_bead_id": id, "action": action, "resolution_notes": "simulated triage" }),
+                    "resolve_triage",
+                ),
+                None => continue,
+            },
             Op::CloseEscalation => match pick(&sh, "SELECT e.bead_id FROM escalation_metadata e JOIN beads b ON b.bead_id = e.bead_id WHERE e.acknowledged = 0 AND b.status = 'open' ORDER BY b.created_at, e.bead_id LIMIT 1", []) {
                 Some(e) => (format!("{base}/beads/{e}/close"), json!({}), "close_escalation"),
                 None => continue,
             },
+        };
+        let what = match &op {
+            Op::ResolveTriage { .. } => format!("{what} {}", body["action"].as_str().unwrap_or_default()),
+            _ => what.to_owned(),
         };
         let request = match &op {
             Op::DeleteBead { .. } => http.delete(url),

@@ -301,3 +301,31 @@ async fn hook_route_hands_a_bead_to_another_agent_and_unhook_releases_it() {
         assert_eq!(v["success"], json!(false), "{v}");
     }
 }
+
+#[tokio::test]
+async fn triage_resolve_route_acts_once_and_names_what_is_wrong() {
+    let api = Api::start().await;
+    let (bead, agent) = api.sling().await;
+    let tr = api
+        .host
+        .with_town(|t| t.create_triage_request(crate::model::TriageType::StuckAgent, Some(&agent), "stuck", json!({})))
+        .unwrap()
+        .unwrap();
+    let path = "/api/towns/t1/triage/resolve";
+    let body = format!(r#"{{"triage_request_bead_id":"{tr}","action":"REASSIGN_BEAD","resolution_notes":"retry"}}"#);
+    assert_eq!(api.call("POST", path, Some(&api.agent(&agent)), Some(&body)).await.0, 403);
+    let (s, v) = api.call("POST", path, Some(&api.user()), Some(&body)).await;
+    assert_eq!((s, &v["data"]), (200, &json!(true)), "{v}");
+    let b = api.host.with_town(|t| t.bead(&bead)).unwrap();
+    assert_eq!((b.status, b.assignee_agent_bead_id), (BeadStatus::Open, None));
+    for (body, want, names) in [
+        (body.clone(), 400, "not open"),
+        (r#"{"action":"RESTART"}"#.to_owned(), 400, "triage_request_bead_id"),
+        (r#"{"triage_request_bead_id":"nope","action":"RESTART"}"#.to_owned(), 404, "nope"),
+        (format!(r#"{{"triage_request_bead_id":"{bead}","action":"RESTART"}}"#), 400, "not a triage request"),
+    ] {
+        let (s, v) = api.call("POST", path, Some(&api.user()), Some(&body)).await;
+        assert_eq!(s, want, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(names), "{body}: {v}");
+    }
+}

@@ -5,6 +5,7 @@ use super::{authorize_container, authorize_user, ok, parse, ApiError, ApiResult,
 use crate::auth::Scope;
 use crate::model::{BeadStatus, BeadType};
 use crate::town::babysit::{AdoptPr, Adopted};
+use crate::town::triage;
 use crate::town::{AddRig, Agent, Bead, ConvoyCreated, DeletedBead, Rig, SlingBead, SlingConvoy, Slung, StatusCounts};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -33,6 +34,7 @@ pub fn routes() -> Router<AppState> {
         .route(&format!("{T}/agents/{{agent}}/unhook"), post(unhook_agent))
         .route(&format!("{T}/mayor/message"), post(mayor_message))
         .route(&format!("{T}/escalations/{{id}}/acknowledge"), post(acknowledge_escalation))
+        .route(&format!("{T}/triage/resolve"), post(resolve_triage))
 }
 
 async fn status(State(h): State<AppState>, Path(town): Path<String>, headers: HeaderMap) -> ApiResult<StatusCounts> {
@@ -265,6 +267,39 @@ async fn mayor_message(
     authorize_user(&h, &headers, &town)?;
     let b: MayorMessage = parse(&body)?;
     let effects = h.with_town(|t| t.send_mayor_message(&b.message))?;
+    h.spawn_effects(effects);
+    ok(true)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveTriage {
+    triage_request_bead_id: String,
+    action: String,
+    #[serde(default)]
+    resolution_notes: String,
+    /// The triage agent that decided, when it was not a human.
+    #[serde(default)]
+    agent_id: Option<String>,
+}
+
+/// A triage agent's or a human's decision on a triage request (upstream
+/// `resolveTriage`): act on the agent and bead it names, then close it.
+async fn resolve_triage(
+    State(h): State<AppState>,
+    Path(town): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<bool> {
+    authorize_user(&h, &headers, &town)?;
+    let b: ResolveTriage = parse(&body)?;
+    let resolution = triage::Resolution {
+        request_id: &b.triage_request_bead_id,
+        action: &b.action,
+        notes: &b.resolution_notes,
+        resolved_by: b.agent_id.as_deref().unwrap_or("user"),
+    };
+    let effects = h.with_town(|t| t.resolve_triage(&resolution))?;
     h.spawn_effects(effects);
     ok(true)
 }

@@ -203,6 +203,8 @@ pub enum CloseCause {
     FixupDone,
     ConvoyForceClosed,
     Reconciler,
+    /// A triage request (or the escalation it carried) was resolved.
+    TriageResolved,
     Other,
 }
 
@@ -214,6 +216,7 @@ impl CloseCause {
             CloseCause::FixupDone => "fixup_done",
             CloseCause::ConvoyForceClosed => "convoy_force_closed",
             CloseCause::Reconciler => "reconciler",
+            CloseCause::TriageResolved => "triage_resolved",
             CloseCause::Other => "other",
         }
     }

@@ -6,9 +6,9 @@ use super::actions::Action;
 use super::reconciler::agents::IDLE_HOOK_RELEASED;
 use super::reconciler::beads::AGENT_LOST;
 use super::reconciler::constants::{
-    BREAKER_FAILURE_THRESHOLD, BREAKER_WINDOW_MS, DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS, HEARTBEAT_STALE_MS,
-    MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS, PR_POLL_INTERVAL_MS,
-    STALLED_AUTO_IDLE_MS,
+    AGENT_GC_RETENTION_MS, BREAKER_FAILURE_THRESHOLD, BREAKER_WINDOW_MS, DEFAULT_MAX_DISPATCH_ATTEMPTS, GUPP_WARN_MS,
+    HEARTBEAT_STALE_MS, MAX_LANDING_MR_ATTEMPTS, ORPHANED_PR_REVIEW_TIMEOUT_MS, ORPHANED_SOURCE_TIMEOUT_MS,
+    PR_POLL_INTERVAL_MS, STALLED_AUTO_IDLE_MS,
 };
 use super::reconciler::review_queue::{REVIEW_OFF_FAST_TRACK, REVIEW_OFF_NO_PR};
 use super::snapshot::TownSnapshot;
@@ -332,7 +332,8 @@ impl Checker {
                 let (o, n) = (old.as_deref().unwrap_or_default(), new.as_deref().unwrap_or_default());
                 out.push(v("terminal_is_final", format!("bead {bead} left {o} for {n}")));
             }
-            let explicit = matches!(cause.as_str(), "user" | "fixup_done" | "convoy_force_closed" | "merged");
+            let explicit =
+                matches!(cause.as_str(), "user" | "fixup_done" | "convoy_force_closed" | "merged" | "triage_resolved");
             if ty == "issue" && new.as_deref() == Some("closed") && !explicit && !has_merged_mr {
                 out.push(v(
                     "closed_issue_has_merge",
@@ -555,6 +556,19 @@ pub fn check_actions(s: &TownSnapshot, actions: &[Action]) -> Vec<Violation> {
                     out.push(v(
                         "heartbeating_agent_keeps_hook",
                         format!("bead {bead_id} reset as lost although its agent {} heart-beat within 90 s", a.id),
+                    ));
+                }
+            }
+            // §10.2 #4: GC deletes only workers that showed no sign of life
+            // (creation, dispatch, activity) for 24 h, never one a NULL
+            // activity made look ancient.
+            Action::DeleteAgent { agent_id, reason } if reason.starts_with("GC") => {
+                let Some(agent) = s.agents.iter().find(|x| &x.id == agent_id) else { continue };
+                let signs = [Some(agent.created_at), agent.last_dispatched_at, agent.last_activity_at];
+                if let Some(t) = signs.into_iter().flatten().find(|&t| s.now.since(t) <= AGENT_GC_RETENTION_MS) {
+                    out.push(v(
+                        "gc_only_long_idle_agents",
+                        format!("GC deleted agent {agent_id}, alive {} ms ago", s.now.since(t)),
                     ));
                 }
             }

@@ -552,6 +552,11 @@ impl Town {
         })
     }
 
+    /// Act on a triage request and close it (upstream `resolveTriage`).
+    pub fn resolve_triage(&mut self, r: &triage::Resolution<'_>) -> Result<Vec<Effect>> {
+        self.tx(|cx| triage::resolve(cx, r))
+    }
+
     pub fn queue_nudge(
         &mut self,
         agent: &str,

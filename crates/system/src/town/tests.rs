@@ -710,3 +710,132 @@ fn a_delivered_message_wakes_an_idle_or_waiting_mayor_but_a_failed_one_does_not(
         assert_eq!(mayor_status(&mut town), AgentStatus::Working, "a delivered message is a turn (from {from})");
     }
 }
+
+fn resolve(town: &mut Town, request: &str, action: &str) -> Result<Vec<Effect>> {
+    town.resolve_triage(&triage::Resolution { request_id: request, action, notes: "looked at it", resolved_by: "user" })
+}
+
+/// A working polecat on a fresh bead, and a stuck-agent request about it.
+fn stuck(town: &mut Town, rig: &str) -> (String, String, String) {
+    let b = sling(town, rig, "wedged");
+    let agent = town.bead(&b).unwrap().assignee_agent_bead_id.unwrap();
+    let tr = town.create_triage_request(TriageType::StuckAgent, Some(&agent), "stuck", json!({})).unwrap().unwrap();
+    (b, agent, tr)
+}
+
+/// The metadata of the bead's latest status change (a failure's reason).
+fn last_change(town: &Town, bead: &str) -> String {
+    town.conn()
+        .query_row(
+            "SELECT metadata FROM bead_events WHERE bead_id = ?1 AND event_type = 'status_changed' \
+             ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            [bead],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn stops(effects: &[Effect], agent: &str) -> bool {
+    effects.iter().any(|e| matches!(e, Effect::StopAgent { agent_id, .. } if agent_id == agent))
+}
+
+#[test]
+fn triage_restart_stops_the_session_and_leaves_the_agent_idle_on_its_bead_without_activity() {
+    let (mut town, clock, rig) = town();
+    let (b, agent, tr) = stuck(&mut town, &rig);
+    let effects = resolve(&mut town, &tr, "restart").unwrap();
+    assert!(stops(&effects, &agent), "{effects:?}");
+    let a = town.agent(&agent).unwrap();
+    assert_eq!(
+        (a.status, a.current_hook_bead_id.as_deref(), a.last_activity_at),
+        (AgentStatus::Idle, Some(b.as_str()), None)
+    );
+    let request = town.bead(&tr).unwrap();
+    assert_eq!(request.status, BeadStatus::Closed);
+    assert_eq!(
+        (request.meta_str("resolution_action"), request.meta_str("resolved_by")),
+        (Some("restart"), Some("user"))
+    );
+    assert!(bead_event_types(&town, &b).contains(&"triage_resolved".to_owned()));
+    // Resolved once: a second decision is refused and changes nothing.
+    let e = resolve(&mut town, &tr, "CLOSE_BEAD").unwrap_err();
+    assert!(e.to_string().contains("not open"), "{e}");
+    assert_eq!(town.bead(&b).unwrap().status, BeadStatus::InProgress);
+    // With backoff the activity counts from now and the retry waits its turn.
+    let tr2 = town.create_triage_request(TriageType::StuckAgent, Some(&agent), "again", json!({})).unwrap().unwrap();
+    clock.advance_ms(1_000);
+    resolve(&mut town, &tr2, "RESTART_WITH_BACKOFF").unwrap();
+    assert_eq!(town.agent(&agent).unwrap().last_activity_at, Some(clock.now()));
+    assert_eq!(town.bead(&b).unwrap().last_dispatch_attempt_at, Some(clock.now()));
+}
+
+#[test]
+fn triage_restart_and_reassign_fail_a_bead_at_its_dispatch_cap() {
+    // #1653: they used to send such beads round again, past the cap.
+    let (mut town, _clock, rig) = town();
+    for action in ["RESTART", "REASSIGN_BEAD"] {
+        let (b, agent, tr) = stuck(&mut town, &rig);
+        town.conn().execute("UPDATE beads SET dispatch_attempts = 5 WHERE bead_id = ?1", [&b]).unwrap();
+        resolve(&mut town, &tr, action).unwrap();
+        let bead = town.bead(&b).unwrap();
+        assert_eq!(bead.status, BeadStatus::Failed, "{action}");
+        assert!(last_change(&town, &b).contains("max_dispatch_attempts"), "{action}");
+        assert_eq!(town.agent(&agent).unwrap().current_hook_bead_id, None, "{action}");
+    }
+}
+
+#[test]
+fn triage_reassign_returns_the_bead_to_the_pool_and_close_bead_fails_it() {
+    let (mut town, _clock, rig) = town();
+    let (b, agent, tr) = stuck(&mut town, &rig);
+    let effects = resolve(&mut town, &tr, "REASSIGN_BEAD").unwrap();
+    assert!(stops(&effects, &agent));
+    let bead = town.bead(&b).unwrap();
+    assert_eq!((bead.status, bead.assignee_agent_bead_id), (BeadStatus::Open, None));
+    assert_eq!(town.agent(&agent).unwrap().current_hook_bead_id, None);
+
+    let (b, agent, tr) = stuck(&mut town, &rig);
+    let effects = resolve(&mut town, &tr, "CLOSE_BEAD").unwrap();
+    assert!(stops(&effects, &agent));
+    let bead = town.bead(&b).unwrap();
+    assert_eq!(bead.status, BeadStatus::Failed);
+    assert!(last_change(&town, &b).contains("triage_close"));
+
+    // Upstream's GUPP offers CLOSE, which is no action it knows: only the request closes.
+    let (b, agent, tr) = stuck(&mut town, &rig);
+    assert!(resolve(&mut town, &tr, "CLOSE").unwrap().is_empty());
+    assert_eq!(town.bead(&b).unwrap().status, BeadStatus::InProgress);
+    assert_eq!(town.agent(&agent).unwrap().current_hook_bead_id.as_deref(), Some(b.as_str()));
+    assert_eq!(town.bead(&tr).unwrap().status, BeadStatus::Closed);
+}
+
+#[test]
+fn triage_escalates_to_the_mayor_and_closes_the_escalation_it_carried() {
+    let (mut town, _clock, rig) = town();
+    let b = sling(&mut town, &rig, "x");
+    let agent = town.bead(&b).unwrap().assignee_agent_bead_id.unwrap();
+    let input = RouteEscalation {
+        source_agent_id: Some(agent.clone()),
+        source_rig_id: Some(rig.clone()),
+        severity: crate::model::Severity::High,
+        category: None,
+        message: "tests keep failing".into(),
+    };
+    let (escalation, _) = town.route_escalation(&input).unwrap();
+    let tr = town
+        .beads_of(BeadType::Issue, None)
+        .unwrap()
+        .into_iter()
+        .find(|x| x.has_label(crate::model::labels::TRIAGE_REQUEST))
+        .unwrap()
+        .bead_id;
+    let effects = resolve(&mut town, &tr, "escalate").unwrap();
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::MessageMayor { text, .. } if text.contains("[Triage Escalation]"))));
+    assert_eq!(town.bead(&escalation).unwrap().status, BeadStatus::Closed);
+    // Only triage requests can be resolved; unknown ids are named.
+    let e = resolve(&mut town, &b, "RESTART").unwrap_err();
+    assert!(e.to_string().contains("not a triage request"), "{e}");
+    assert!(resolve(&mut town, "nope", "RESTART").unwrap_err().to_string().contains("nope"));
+}
