@@ -289,6 +289,11 @@ enum Op {
         agent: Option<u16>,
         ty: usize,
     },
+    /// Resolve an open (sometimes any) triage request with one of upstream's actions.
+    ResolveTriage {
+        request: u16,
+        action: usize,
+    },
     Checkpoint(u16),
     RemoveRig(usize),
     /// Re-add a rig (same id) after a removal, or update one in place.
@@ -441,7 +446,8 @@ fn call_strategy() -> impl Strategy<Value = Op> {
         1 => id().prop_map(Op::CloseConvoy),
         1 => (id(), 0usize..3).prop_map(|(agent, mode)| Op::QueueNudge { agent, mode }),
         1 => id().prop_map(Op::NudgeDelivered),
-        1 => (proptest::option::of(id()), 0usize..TriageType::ALL.len()).prop_map(|(agent, ty)| Op::Triage { agent, ty }),
+        2 => (proptest::option::of(id()), 0usize..TriageType::ALL.len()).prop_map(|(agent, ty)| Op::Triage { agent, ty }),
+        2 => (id(), 0usize..TRIAGE_ACTIONS.len()).prop_map(|(request, action)| Op::ResolveTriage { request, action }),
         1 => id().prop_map(Op::Checkpoint),
         1 => (0usize..3).prop_map(Op::RemoveRig),
         1 => (0usize..2).prop_map(Op::AddRig),
@@ -551,6 +557,10 @@ fn ids(conn: &Connection, sql: &str) -> Vec<String> {
 
 /// Pick from `live` three times out of four (when there is any), else from `all`.
 /// An empty pool yields an id that names nothing.
+/// What a triage agent may decide; `DISCARD` has no server effect.
+const TRIAGE_ACTIONS: [&str; 7] =
+    ["RESTART", "RESTART_WITH_BACKOFF", "CLOSE_BEAD", "ESCALATE_TO_MAYOR", "NUDGE", "REASSIGN_BEAD", "DISCARD"];
+
 fn pick(live: &[String], all: &[String], idx: u16) -> String {
     let pool = if !idx.is_multiple_of(4) && !live.is_empty() { live } else { all };
     if pool.is_empty() {
@@ -1216,6 +1226,20 @@ impl Harness {
                 self.town
                     .create_triage_request(ty, a.as_deref(), "Look at this", json!({"why": "test"}))
                     .map(|_| Vec::new())
+            }
+            Op::ResolveTriage { request, action } => {
+                let c = self.conn();
+                let all =
+                    ids(c, "SELECT bead_id FROM beads WHERE labels LIKE '%\"gt:triage-request\"%' ORDER BY bead_id");
+                let open = ids(c, "SELECT bead_id FROM beads WHERE status = 'open' AND labels LIKE '%\"gt:triage-request\"%' ORDER BY bead_id");
+                let r = pick(&open, &all, *request);
+                let resolution = gastown::town::triage::Resolution {
+                    request_id: &r,
+                    action: TRIAGE_ACTIONS[*action % TRIAGE_ACTIONS.len()],
+                    notes: "decided",
+                    resolved_by: "user",
+                };
+                self.town.resolve_triage(&resolution)
             }
             Op::RemoveRig(i) => {
                 let r = self.rig(*i);
