@@ -240,14 +240,18 @@ impl Checker {
         }
         // A merge closes the other live MRs of its source (§10.1 sibling MRs):
         // left open, an old one could reopen or re-merge a finished issue. Only
-        // MRs that existed when the merge closed its MR are its siblings.
+        // MRs that existed when the merge closed its MR are its siblings, and
+        // only a merge counts: a user may close an MR bead (and its source)
+        // by hand, which merges nothing.
         for mr in rows(
             conn,
             "SELECT m.bead_id FROM beads m JOIN bead_dependencies d ON d.bead_id = m.bead_id AND d.dependency_type = 'tracks' \
              JOIN beads s ON s.bead_id = d.depends_on_bead_id WHERE m.type = 'merge_request' AND m.status IN ('open', 'in_progress') \
              AND s.type = 'issue' AND s.status = 'closed' AND EXISTS (SELECT 1 FROM bead_dependencies d2 JOIN beads m2 \
                ON m2.bead_id = d2.bead_id WHERE d2.depends_on_bead_id = s.bead_id AND d2.dependency_type = 'tracks' \
-               AND m2.type = 'merge_request' AND m2.status = 'closed' AND m.created_at < m2.updated_at)",
+               AND m2.type = 'merge_request' AND m2.status = 'closed' AND m.created_at < m2.updated_at \
+               AND EXISTS (SELECT 1 FROM bead_events e WHERE e.bead_id = m2.bead_id AND e.event_type = 'status_changed' \
+                 AND e.new_value = 'closed' AND json_extract(e.metadata, '$.cause') = 'merged'))",
             [],
         )? {
             out.push(v("merge_closes_sibling_mrs", format!("MR {mr} is still live although its source merged")));
