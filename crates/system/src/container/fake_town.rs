@@ -29,6 +29,8 @@ pub struct FakeState {
     pub valid_tokens: Option<BTreeSet<String>>,
     /// Call names (see [`TownCall::name`]) answered as unreachable.
     pub unreachable: BTreeSet<&'static str>,
+    /// Call names refused with the given HTTP status.
+    pub refused: BTreeMap<&'static str, u16>,
     issued: u32,
 }
 
@@ -71,6 +73,9 @@ impl FakeTown {
     fn answer(s: &mut FakeState, token: &str, call: &TownCall) -> Result<TownReply, LinkError> {
         if s.unreachable.contains(call.name()) {
             return Err(LinkError::Unreachable(format!("{} is down", call.name())));
+        }
+        if let Some(status) = s.refused.get(call.name()) {
+            return Err(LinkError::Refused { status: *status, message: format!("{} refused", call.name()) });
         }
         let refresh = matches!(call, TownCall::RefreshContainerToken(_));
         if !refresh && s.valid_tokens.as_ref().is_some_and(|v| !v.contains(token)) {

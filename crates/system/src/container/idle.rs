@@ -7,11 +7,32 @@
 //! the session is still running, the exit path runs. Any activity clears the
 //! timer. The mayor has no timer: its idle is reported as `/waiting`.
 
-use super::town_link::{TownCall, TownReply};
+use super::town_link::{AgentAddr, LinkError, TownCall, TownReply};
 use super::{Container, IdleTimer};
 use crate::model::AgentRole;
 use crate::wire::{NudgeDeliveredBody, ProcessStatus, WaitingBody};
 use std::time::Duration;
+
+/// The first pause before a lost `/waiting` is sent again; it doubles up to
+/// [`WAITING_RETRY_MAX`].
+const WAITING_RETRY_FIRST: Duration = Duration::from_secs(5);
+const WAITING_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Which idle a `/waiting` reports: the session and how many messages it had.
+struct MayorIdle {
+    agent_id: String,
+    generation: u64,
+    messages: u32,
+}
+
+/// A failure that another try may get past: no answer, or a server error.
+fn transient(e: &LinkError) -> bool {
+    match e {
+        LinkError::Unreachable(_) => true,
+        LinkError::Refused { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
 
 impl Container {
     /// The idle timeout for a role; `None` for the mayor.
@@ -38,12 +59,9 @@ impl Container {
         let addr = self.agent_addr(&req);
         if req.agent.role == AgentRole::Mayor {
             let c = self.clone();
+            let idle = MayorIdle { agent_id: agent_id.to_owned(), generation, messages: self.messages_sent(agent_id) };
             let fired_at = self.now().ms();
-            self.spawn(async move {
-                if let Err(e) = c.authed(TownCall::Waiting(addr, WaitingBody { fired_at: Some(fired_at) })).await {
-                    tracing::warn!(error = %e, "could not report /waiting");
-                }
-            });
+            self.spawn(async move { c.report_waiting(idle, addr, fired_at).await });
             return;
         }
         // While draining, outbound calls may hang: treat as "no nudges".
@@ -79,6 +97,43 @@ impl Container {
             }
         }
         self.arm_idle_timer(agent_id, generation, None);
+    }
+
+    /// Tell the town the mayor went idle, again and again while the town
+    /// cannot be reached and the mayor stays idle. The town has no rule that
+    /// idles a mayor, so a `/waiting` lost in a partition would leave it
+    /// `working` (and the alarm on the active cadence) for good. A newer
+    /// message ends the retries: its turn reports its own idle, and the
+    /// town's `firedAt` guard ignores a stale one that lands late.
+    async fn report_waiting(&self, idle: MayorIdle, addr: AgentAddr, fired_at: i64) {
+        let mut pause = WAITING_RETRY_FIRST;
+        loop {
+            match self.authed(TownCall::Waiting(addr.clone(), WaitingBody { fired_at: Some(fired_at) })).await {
+                Ok(_) => return,
+                Err(e) if !transient(&e) => {
+                    tracing::warn!(error = %e, "the town refused /waiting");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "could not report /waiting"),
+            }
+            tokio::time::sleep(pause).await;
+            if !self.still_idle(&idle) {
+                return;
+            }
+            pause = (pause * 2).min(WAITING_RETRY_MAX);
+        }
+    }
+
+    /// Messages sent to the session so far (0 for an unknown agent).
+    fn messages_sent(&self, agent_id: &str) -> u32 {
+        self.st().agents.get(agent_id).map_or(0, |r| r.message_count)
+    }
+
+    /// The same session is running and has had no message since it went idle.
+    fn still_idle(&self, idle: &MayorIdle) -> bool {
+        self.st().agents.get(&idle.agent_id).is_some_and(|r| {
+            r.generation == idle.generation && r.status == ProcessStatus::Running && r.message_count == idle.messages
+        })
     }
 
     /// (Re)arm the idle timer of a running session; `duration` overrides the
@@ -125,7 +180,8 @@ impl Container {
 #[cfg(test)]
 mod tests {
     use super::super::tests::*;
-    use crate::container::ScriptConfig;
+    use crate::container::fake_town::FakeTown;
+    use crate::container::{ScriptConfig, TownCall};
     use crate::model::AgentRole;
     use crate::wire::{PendingNudge, ProcessStatus};
 
@@ -163,6 +219,64 @@ mod tests {
         let turns = r.c.session_turns("m1");
         assert_eq!(turns.len(), 4, "prompt, reply, message, reply: {turns:?}");
         assert_eq!(turns[2].text, "what's up?");
+    }
+
+    /// The `firedAt` of every `/waiting` the town was sent, in order.
+    fn waiting_fired_at(town: &FakeTown) -> Vec<Option<i64>> {
+        town.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                TownCall::Waiting(_, b) => Some(b.fired_at),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mayor_waiting_lost_to_an_unreachable_town_is_sent_again_until_it_lands() {
+        let r = rig(quick_script());
+        r.town.with(|s| s.unreachable.insert("waiting"));
+        r.c.start(request("m1", AgentRole::Mayor)).await.unwrap();
+        // Idle after its 1 s turn; then tries 5, 10, 20, 40, 60, 60 … s apart.
+        sleep_s(1 + 5 + 10 + 20 + 40 + 1).await;
+        let sent = waiting_fired_at(&r.town);
+        assert_eq!(sent.len(), 5, "the report and four retries: {sent:?}");
+        assert!(sent.iter().all(|f| *f == sent[0]), "every retry reports the same idle");
+        r.town.with(|s| s.unreachable.remove("waiting"));
+        sleep_s(60).await;
+        let landed = r.town.log().iter().filter(|(_, c, ok)| c.name() == "waiting" && *ok).count();
+        assert_eq!(landed, 1, "the town is back: the next retry lands");
+        let total = r.town.count("waiting");
+        sleep_s(3_600).await;
+        assert_eq!(r.town.count("waiting"), total, "nothing more once it landed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_message_ends_the_retries_of_an_older_waiting() {
+        let r = rig(quick_script());
+        r.town.with(|s| s.unreachable.insert("waiting"));
+        r.c.start(request("m1", AgentRole::Mayor)).await.unwrap();
+        // Idle after its 1 s turn, retried at 6 s.
+        sleep_s(1 + 5 + 1).await;
+        let first = waiting_fired_at(&r.town);
+        assert_eq!(first.len(), 2);
+        r.c.send_message("m1", "and now?").unwrap();
+        sleep_s(600).await;
+        let after: Vec<_> = waiting_fired_at(&r.town).into_iter().skip(first.len()).collect();
+        assert!(after.len() >= 5, "the new idle is retried too: {after:?}");
+        assert!(after.iter().all(|f| *f > first[0]), "the old idle is no longer reported: {after:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_mayor_waiting_is_not_retried_but_a_server_error_is() {
+        for (status, retried) in [(400, false), (404, false), (503, true)] {
+            let r = rig(quick_script());
+            r.town.with(|s| s.refused.insert("waiting", status));
+            r.c.start(request("m1", AgentRole::Mayor)).await.unwrap();
+            sleep_s(600).await;
+            let sent = r.town.count("waiting");
+            assert_eq!(sent > 1, retried, "status {status}: {sent} /waiting calls");
+        }
     }
 
     #[tokio::test(start_paused = true)]
