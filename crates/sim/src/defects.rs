@@ -23,7 +23,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::IdleHookKeptOnLiveBead, "bug-f-idle-agent-hooked-to-live-bead.toml"),
     (Defect::IdleHookReleasedDespiteHeartbeat, "agent-misbehaviour.toml"),
     (Defect::PollEveryTick, "flaky-prs.toml"),
-    (Defect::MergeIgnoresBlockers, "bug-i-feedback-beads-skip-review.toml"),
+    (Defect::MergeIgnoresBlockers, "rework-race.toml"),
     (Defect::DirectMergeDespiteRework, "rework-requests.toml"),
     (Defect::Rule2IgnoresHeld, "bug-l-hook-mutual-exclusion.toml"),
     (Defect::LostAgentIgnoresHeartbeat, "agent-misbehaviour.toml"),

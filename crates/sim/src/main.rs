@@ -153,7 +153,15 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !gastown_sim::TOKIO_SEEDED {
+        eprintln!("{}", gastown_sim::TOKIO_UNSEEDED_WARNING);
+        if let Command::Run { write_baseline: Some(_), .. } = &command {
+            eprintln!("refusing to write a baseline from this build");
+            return ExitCode::from(2);
+        }
+    }
+    match command {
         Command::Run { scenarios, seeds, seed, shard, jobs, json, report_dir, baseline, write_baseline } => {
             let outputs = cli::Outputs {
                 json,

@@ -12,6 +12,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    if !gastown_sim::TOKIO_SEEDED {
+        eprintln!("{}", gastown_sim::TOKIO_UNSEEDED_WARNING);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cfg = WorldConfig::smoke();
     let (mut first, mut count, mut check, mut json) = (1u64, 1u64, false, false);
