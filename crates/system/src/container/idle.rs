@@ -7,7 +7,7 @@
 //! the session is still running, the exit path runs. Any activity clears the
 //! timer. The mayor has no timer: its idle is reported as `/waiting`.
 
-use super::town_link::{AgentAddr, LinkError, TownCall, TownReply};
+use super::town_link::{AgentAddr, TownCall, TownReply};
 use super::{Container, IdleTimer};
 use crate::model::AgentRole;
 use crate::wire::{NudgeDeliveredBody, ProcessStatus, WaitingBody};
@@ -25,15 +25,6 @@ struct MayorIdle {
     messages: u32,
 }
 
-/// A failure that another try may get past: no answer, or a server error.
-fn transient(e: &LinkError) -> bool {
-    match e {
-        LinkError::Unreachable(_) => true,
-        LinkError::Refused { status, .. } => *status >= 500,
-        _ => false,
-    }
-}
-
 impl Container {
     /// The idle timeout for a role; `None` for the mayor.
     pub fn idle_timeout(&self, role: AgentRole, draining: bool) -> Option<Duration> {
@@ -48,18 +39,18 @@ impl Container {
 
     /// The session of `agent_id` (generation `generation`) went idle.
     pub(super) async fn on_idle(&self, agent_id: &str, generation: u64) {
-        let (req, draining) = {
+        let (req, draining, messages) = {
             let st = self.st();
             let Some(r) = st.agents.get(agent_id) else { return };
             if r.generation != generation || r.status != ProcessStatus::Running {
                 return;
             }
-            (r.request.clone(), st.draining)
+            (r.request.clone(), st.draining, r.message_count)
         };
         let addr = self.agent_addr(&req);
         if req.agent.role == AgentRole::Mayor {
             let c = self.clone();
-            let idle = MayorIdle { agent_id: agent_id.to_owned(), generation, messages: self.messages_sent(agent_id) };
+            let idle = MayorIdle { agent_id: agent_id.to_owned(), generation, messages };
             let fired_at = self.now().ms();
             self.spawn(async move { c.report_waiting(idle, addr, fired_at).await });
             return;
@@ -110,7 +101,7 @@ impl Container {
         loop {
             match self.authed(TownCall::Waiting(addr.clone(), WaitingBody { fired_at: Some(fired_at) })).await {
                 Ok(_) => return,
-                Err(e) if !transient(&e) => {
+                Err(e) if !e.is_transient() => {
                     tracing::warn!(error = %e, "the town refused /waiting");
                     return;
                 }
@@ -122,11 +113,6 @@ impl Container {
             }
             pause = (pause * 2).min(WAITING_RETRY_MAX);
         }
-    }
-
-    /// Messages sent to the session so far (0 for an unknown agent).
-    fn messages_sent(&self, agent_id: &str) -> u32 {
-        self.st().agents.get(agent_id).map_or(0, |r| r.message_count)
     }
 
     /// The same session is running and has had no message since it went idle.

@@ -181,6 +181,17 @@ pub enum LinkError {
     BadAnswer(String),
 }
 
+impl LinkError {
+    /// A failure that another try may get past: no answer, or a server error.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LinkError::Unreachable(_) => true,
+            LinkError::Refused { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 /// The container's view of the town.
 pub trait TownLink: Send + Sync {
     /// Perform `call` with `token` as the bearer.
