@@ -10,7 +10,7 @@
 //! restart), `workload` (arrivals and the user client), `people` (CI and
 //! reviewers on the forge), `faults` (the plan and its injection),
 //! `oracles` (invariants, liveness with diagnosis), `measure` (histograms),
-//! `run` (the step loop).
+//! `scratch` (where a seed's files live), `run` (the step loop).
 
 mod config;
 mod faults;
@@ -19,6 +19,7 @@ mod measure;
 mod oracles;
 mod people;
 mod run;
+mod scratch;
 mod seeds;
 mod workload;
 
@@ -29,6 +30,7 @@ pub use config::{
 pub use measure::Percentiles;
 pub use oracles::{INVARIANTS, LIVENESS};
 pub use run::run_seed;
+pub use scratch::SCRATCH_ENV;
 pub use seeds::Seeds;
 
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@ use super::hosts::{self, lock, Dice, Shared, EPOCH};
 use super::measure::{self, Stopwatch};
 use super::people::PrCare;
 use super::seeds::Seeds;
-use super::{oracles, BeadCounts, Failure, RunOptions, SeedReport, FAULT_KINDS};
+use super::{oracles, scratch, BeadCounts, Failure, RunOptions, SeedReport, FAULT_KINDS};
 use crate::trace::Trace;
 use gastown::container::{RoleScript, ScriptConfig};
 use gastown::time::Timestamp;
@@ -351,14 +351,10 @@ fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedRe
         report.failures.push(Failure { invariant: "config".into(), detail: e, sim_time_ms: 0 });
         return report;
     }
-    let dir = match tempfile::Builder::new().prefix("gastown-sim-").tempdir() {
+    let dir = match scratch::seed_dir() {
         Ok(d) => d,
-        Err(e) => {
-            report.failures.push(Failure {
-                invariant: "config".into(),
-                detail: format!("temp dir: {e}"),
-                sim_time_ms: 0,
-            });
+        Err(detail) => {
+            report.failures.push(Failure { invariant: "config".into(), detail, sim_time_ms: 0 });
             return report;
         }
     };

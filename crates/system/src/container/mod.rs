@@ -330,7 +330,7 @@ impl Container {
             return Vec::new();
         }
         let read = || -> Result<Vec<session::Turn>, session::SessionError> {
-            let db = SessionDb::open(&path)?;
+            let db = SessionDb::open_read_only(&path)?;
             match current.or(db.latest_session()?) {
                 Some(s) => db.turns(&s),
                 None => Ok(Vec::new()),

@@ -120,6 +120,20 @@ impl SessionDb {
         Ok(db)
     }
 
+    /// Open an existing session database to read it, changing nothing: an
+    /// inspection (an oracle, a test) must not write into the database the
+    /// agent is writing. Refuses a file that is not a session database.
+    pub fn open_read_only(path: &Path) -> Result<SessionDb, SessionError> {
+        let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let db = SessionDb { conn, path: path.to_path_buf() };
+        let app_id: i32 =
+            db.conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| db.not_session(e.to_string()))?;
+        if app_id != APPLICATION_ID {
+            return Err(db.not_session(format!("application_id {app_id:#x}")));
+        }
+        Ok(db)
+    }
+
     fn sq(&self) -> impl Fn(rusqlite::Error) -> SessionError + '_ {
         move |source| SessionError::Sqlite { path: self.path.display().to_string(), source }
     }
@@ -349,8 +363,29 @@ mod tests {
         let foreign = dir.path().join("foreign.db");
         Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE x (y)").unwrap();
         assert!(matches!(SessionDb::open(&foreign), Err(SessionError::NotASessionDb { .. })));
+        assert!(matches!(SessionDb::open_read_only(&path), Err(SessionError::NotASessionDb { .. })));
+        assert!(matches!(SessionDb::open_read_only(&foreign), Err(SessionError::NotASessionDb { .. })));
         remove_files(&path).unwrap();
         assert!(!path.exists());
         assert_eq!(read_for_snapshot(&path).unwrap(), SnapshotRead::NoDatabase);
+        assert!(SessionDb::open_read_only(&path).is_err(), "a read-only open creates nothing");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_read_only_open_sees_the_writers_turns_and_writes_nothing() {
+        let dir = tmp();
+        let path = db_path(dir.path(), "a1");
+        let db = SessionDb::open(&path).unwrap();
+        let s = db.new_session(Timestamp(1)).unwrap();
+        db.append(&s, TurnRole::User, "in the wal", Timestamp(2)).unwrap();
+        let wal = |p: &Path| std::fs::metadata(p.with_extension("db-wal")).map(|m| m.len()).unwrap_or(0);
+        let before = (std::fs::read(&path).unwrap(), wal(&path));
+        let reader = SessionDb::open_read_only(&path).unwrap();
+        assert_eq!(reader.latest_session().unwrap(), Some(s.clone()));
+        assert_eq!(reader.turns(&s).unwrap()[0].text, "in the wal");
+        assert!(reader.new_session(Timestamp(3)).is_err(), "the reader cannot write");
+        drop(reader);
+        assert_eq!((std::fs::read(&path).unwrap(), wal(&path)), before, "neither the file nor its WAL changed");
     }
 }
