@@ -1,10 +1,10 @@
 //! The scenario commands: run, replay, check, shrink, merge.
 
+use crate::progress::{Mode, Progress};
 use gastown_sim::engine::run_scenario_seed;
 use gastown_sim::report::{write_reports, RunSummary, ScenarioSummary, SeedOutcome};
 use gastown_sim::scenario::Scenario;
 use gastown_sim::trace::first_difference;
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,7 +74,7 @@ pub(crate) fn run_seeds(
     sc: &Scenario,
     seeds: &[u64],
     jobs: usize,
-    bar: &indicatif::ProgressBar,
+    progress: &Progress,
 ) -> Result<Vec<SeedOutcome>, String> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Result<SeedOutcome, String>>> = Mutex::new(Vec::new());
@@ -82,7 +82,7 @@ pub(crate) fn run_seeds(
         let i = next.fetch_add(1, Ordering::SeqCst);
         let Some(&seed) = seeds.get(i) else { break };
         let r = run_one(sc, seed, false);
-        bar.inc(1);
+        progress.seed_done(r.as_ref().ok());
         results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
     };
     if jobs <= 1 {
@@ -102,22 +102,13 @@ pub(crate) fn run_seeds(
     Ok(out)
 }
 
-pub(crate) fn progress(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet || !std::io::stdout().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} seeds ({eta})") {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
-}
-
 pub struct Outputs<'a> {
     pub json: bool,
     pub report_dir: Option<&'a Path>,
     pub baseline: Option<&'a Path>,
     pub write_baseline: Option<&'a Path>,
+    /// Off a terminal, a progress line at most this often (0: none).
+    pub progress_every: u64,
 }
 
 pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs<'_>) -> ExitCode {
@@ -131,17 +122,17 @@ pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs
     for (sc, path) in scenarios.iter().zip(paths) {
         let file = path.display().to_string();
         let seeds = choice.list(sc);
-        let bar = progress(seeds.len() as u64, json);
-        bar.set_message(sc.name.clone());
-        let outcomes = match run_seeds(sc, &seeds, jobs, &bar) {
+        let mode = Mode::choose(json, outputs.progress_every);
+        let progress = Progress::new(mode, &sc.name, seeds.len() as u64, format!("gastown-sim replay {file}"));
+        let outcomes = run_seeds(sc, &seeds, jobs, &progress);
+        progress.finish();
+        let outcomes = match outcomes {
             Ok(o) => o,
             Err(e) => {
-                bar.finish_and_clear();
                 eprintln!("{file}: the simulation could not run: {e}");
                 return ExitCode::from(2);
             }
         };
-        bar.finish_and_clear();
         let summary = ScenarioSummary::from_outcomes(&sc.name, &file, &outcomes);
         if !json {
             print_summary(&summary);

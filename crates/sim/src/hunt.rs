@@ -2,7 +2,8 @@
 //! scenario's seeds in order until one fails, and report how soon the
 //! harness caught it.
 
-use crate::cli::{progress, run_seeds, wall_now, wall_us_since};
+use crate::cli::{run_seeds, wall_now, wall_us_since};
+use crate::progress::{Mode, Progress};
 use gastown::defects::Defect;
 use gastown_sim::defects::{failing_seeds, scenario_for, HuntResult};
 use gastown_sim::scenario::Scenario;
@@ -18,6 +19,8 @@ pub struct HuntOptions<'a> {
     pub scenario: Option<&'a Path>,
     pub json: bool,
     pub markdown: bool,
+    /// Off a terminal, a progress line at most this often (0: none).
+    pub progress_every: u64,
 }
 
 const NOT_BUILT_IN: &str = "this gastown-sim was built without the defect switches; run\n  \
@@ -115,8 +118,9 @@ fn choose(only: &[String]) -> Result<Vec<Defect>, String> {
 /// control run): a seed that fails either way found something else.
 fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<HuntResult, String> {
     let start = wall_now();
-    let bar = progress(opts.max_seeds, opts.json || opts.markdown);
-    bar.set_message(d.name());
+    let mode = Mode::choose(opts.json || opts.markdown, opts.progress_every);
+    let replay = format!("gastown-sim replay {file} --defect {}", d.name());
+    let progress = Progress::new(mode, d.name(), opts.max_seeds, replay);
     let batch = opts.jobs.max(1) as u64;
     let mut next = 1;
     let mut found = None;
@@ -125,11 +129,11 @@ fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<
         let seeds: Vec<u64> = (next..=(next + batch - 1).min(opts.max_seeds)).collect();
         next += seeds.len() as u64;
         gastown::defects::activate(Some(d));
-        let outcomes = run_seeds(sc, &seeds, opts.jobs, &bar);
+        let outcomes = run_seeds(sc, &seeds, opts.jobs, &progress);
         gastown::defects::activate(None);
         let outcomes = outcomes?;
         for (seed, f) in failing_seeds(&outcomes) {
-            let control = run_seeds(sc, &[seed], 1, &indicatif::ProgressBar::hidden())?;
+            let control = run_seeds(sc, &[seed], 1, &Progress::hidden())?;
             if control.iter().all(|o| o.failures.is_empty()) {
                 found = Some((seed, f.invariant.clone(), f.detail.clone()));
                 break;
@@ -137,7 +141,7 @@ fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<
             fails_without_defect.push(seed);
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     let wall_seconds = wall_us_since(start) as f64 / 1e6;
     Ok(HuntResult {
         name: d.name(),

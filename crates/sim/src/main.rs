@@ -15,6 +15,7 @@ macro_rules! out {
 
 mod cli;
 mod hunt;
+mod progress;
 
 #[derive(Parser)]
 #[command(name = "gastown-sim", version, about = "Deterministic simulator for the Gastown control plane")]
@@ -54,6 +55,10 @@ enum Command {
         /// Write the deterministic metrics as the new baseline (an intended behaviour change).
         #[arg(long)]
         write_baseline: Option<PathBuf>,
+        /// When stdout is not a terminal: a progress line on stderr at most every SECS seconds, and one
+        /// at once for each failing seed (0: none).
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        progress_every: u64,
     },
     /// Re-run one seed of a scenario and print its trace hash.
     Replay {
@@ -139,6 +144,9 @@ enum Command {
         /// Print a Markdown table instead of text.
         #[arg(long)]
         markdown: bool,
+        /// When stdout is not a terminal: a progress line on stderr at most every SECS seconds (0: none).
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        progress_every: u64,
     },
 }
 
@@ -162,12 +170,24 @@ fn main() -> ExitCode {
         }
     }
     match command {
-        Command::Run { scenarios, seeds, seed, shard, jobs, json, report_dir, baseline, write_baseline } => {
+        Command::Run {
+            scenarios,
+            seeds,
+            seed,
+            shard,
+            jobs,
+            json,
+            report_dir,
+            baseline,
+            write_baseline,
+            progress_every,
+        } => {
             let outputs = cli::Outputs {
                 json,
                 report_dir: report_dir.as_deref(),
                 baseline: baseline.as_deref(),
                 write_baseline: write_baseline.as_deref(),
+                progress_every,
             };
             cli::run(&scenarios, cli::SeedChoice { seeds, seed, shard }, jobs as usize, &outputs)
         }
@@ -183,7 +203,7 @@ fn main() -> ExitCode {
         Command::Check { scenarios } => cli::check(&scenarios),
         Command::Shrink { scenario, seed, out } => cli::shrink(&scenario, seed, out.as_deref()),
         Command::Merge { reports, json, report_dir } => cli::merge(&reports, json, report_dir.as_deref()),
-        Command::Defects { only, max_seeds, jobs, scenarios_dir, scenario, json, markdown } => {
+        Command::Defects { only, max_seeds, jobs, scenarios_dir, scenario, json, markdown, progress_every } => {
             hunt::defects(&hunt::HuntOptions {
                 only: &only,
                 max_seeds,
@@ -192,6 +212,7 @@ fn main() -> ExitCode {
                 scenario: scenario.as_deref(),
                 json,
                 markdown,
+                progress_every,
             })
         }
         Command::TickLatency { ticks, towns, storage, out_dir, baseline, max_regression } => {

@@ -194,3 +194,24 @@ fn cli_shrink_reduces_a_failing_scenario_that_still_fails() {
     assert_eq!(again.status.code(), Some(1), "the shrunk scenario still fails");
     assert_eq!(json(&again)["scenarios"][0]["failures"][0]["invariant"], "min_closed_fraction");
 }
+
+/// Off a terminal (CI logs, `nohup` sweeps) each failing seed is named on
+/// stderr as it happens, with its replay command; `--progress-every 0` is
+/// silent. Stdout stays the JSON alone.
+#[test]
+fn cli_names_failing_seeds_on_stderr_as_they_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(dir.path(), "doomed.toml", FAILING);
+    let path = bad.to_str().unwrap();
+    let out = sim(&["run", path, "--seeds", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for seed in [1, 2] {
+        let line = format!("[doomed] seed {seed} failed: min_closed_fraction at ");
+        assert!(err.contains(&line), "{err}");
+        assert!(err.contains(&format!("(replay: gastown-sim replay {path} --seed {seed})")), "{err}");
+    }
+    assert_eq!(json(&out)["scenarios"][0]["seeds_failed"], 2, "stdout is the JSON object alone");
+    let quiet = sim(&["run", path, "--seeds", "1", "--json", "--progress-every", "0"]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("[doomed]"));
+}
