@@ -256,6 +256,31 @@ fn gastown_up_merges_everything_and_survives_kill_9() {
     server.kill9();
     server.spawn();
     assert_eq!(server.json(&["status", "--json"])["town_id"], town.as_str(), "the same town after the restart");
+    // A second `gastown up` on the same data directory is refused, and changes nothing there.
+    let boots = || std::fs::read_to_string(tmp.path().join("data/boots")).unwrap();
+    let boots_before = boots();
+    let mut child = Command::new(BIN)
+        .args(["up", "--port", &free_port().to_string(), "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..120 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+        panic!("a second `gastown up` on the same data directory kept running");
+    }
+    let second = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("town.db is in use by another process"), "{err}");
+    assert_eq!(boots(), boots_before, "the refused start counted no boot");
     let after: std::collections::BTreeMap<String, Value> =
         server.beads("issue").into_iter().map(|b| (b["bead_id"].as_str().unwrap().to_owned(), b)).collect();
     for b in &closed_before {

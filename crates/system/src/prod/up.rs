@@ -171,7 +171,6 @@ pub async fn run_up(opts: UpOptions) -> Result<(), ProdError> {
 
     let secret = data.secret()?;
     let town_id = data.town_id()?;
-    let boot = data.next_boot()?;
     // A little past the last time handed out: commits after the last save stay in the past.
     let not_before = data.last_clock()?.map(|t| t.plus_ms(2_000 * i64::from(opts.time_scale.max(1))));
     let clock = ScaledClock::new(opts.time_scale, not_before);
@@ -181,6 +180,9 @@ pub async fn run_up(opts: UpOptions) -> Result<(), ProdError> {
     let town_db = data.path("town.db");
     let fresh = !town_db.exists();
     let conn = crate::store::open_file(&town_db).map_err(storage("cannot open the town database", &town_db))?;
+    // Counted only once the town database is ours: a second `gastown up`
+    // on this data directory stops at the open above and changes nothing.
+    let boot = data.next_boot()?;
     let seed = DataDir::new_seed()?;
     let mut town = Town::open(conn, clock_arc.clone(), TownOptions { town_id: town_id.clone(), seed })
         .map_err(storage("cannot open the town database", &town_db))?;

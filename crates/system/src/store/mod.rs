@@ -6,12 +6,32 @@ use crate::error::{Result, TownError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
-/// Open (or create) a town database file in WAL mode and bring it up to date.
+/// Open (or create) a town database file in WAL mode, held by this
+/// connection alone, and bring it up to date.
 pub fn open_file(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(std::time::Duration::ZERO)?;
+    // One process owns a town. The exclusive lock keeps out a second one (a
+    // second `gastown up` on the same data directory would run a second
+    // reconciler), and it keeps the WAL index in this process's memory: no
+    // shared-memory file and no file lock on every statement.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| in_use(e, path))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     prepare(conn)
+}
+
+fn in_use(e: rusqlite::Error, path: &Path) -> TownError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => TownError::invalid(
+            "town database",
+            format!(
+                "{} is in use by another process (is a town already running on this data directory?)",
+                path.display()
+            ),
+        ),
+        _ => e.into(),
+    }
 }
 
 /// An in-memory town database (tests and benchmarks).
@@ -126,5 +146,19 @@ mod tests {
         assert_eq!(mode, "wal");
         drop(conn);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_town_database_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("town.db");
+        let first = open_file(&path).unwrap();
+        put_setting(&first, "a", "1").unwrap();
+        let err = open_file(&path).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("in use by another process") && err.contains(&path.display().to_string()), "{err}");
+        assert!(!path.with_extension("db-shm").exists(), "the WAL index lives in memory");
+        drop(first);
+        let second = open_file(&path).unwrap();
+        assert_eq!(get_setting(&second, "a").unwrap().as_deref(), Some("1"), "nothing stored was lost");
     }
 }
