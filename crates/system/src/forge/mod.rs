@@ -199,6 +199,8 @@ impl Forge {
     /// A forge on `conn` (a file or `Connection::open_in_memory()`).
     pub fn open(conn: Connection, clock: Arc<dyn Clock>, cfg: ForgeConfig) -> rusqlite::Result<Arc<Forge>> {
         conn.execute_batch(SCHEMA)?;
+        // Room for every statement the forge runs: pulls are read on every poll.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Arc::new(Forge {
             db: Mutex::new(conn),
             shas: Mutex::new(SmallRng::seed_from_u64(cfg.seed)),
@@ -649,48 +651,46 @@ impl Forge {
 }
 
 fn repo_in(db: &Connection, owner: &str, name: &str) -> ForgeResult<RepoSettings> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT default_branch, allow_squash, allow_merge, allow_rebase, require_review FROM repos \
          WHERE owner = ?1 AND name = ?2",
-        params![owner, name],
-        |r| {
-            Ok(RepoSettings {
-                default_branch: r.get(0)?,
-                allow_squash: r.get(1)?,
-                allow_merge: r.get(2)?,
-                allow_rebase: r.get(3)?,
-                require_review: r.get(4)?,
-            })
-        },
-    )
+    )?
+    .query_row(params![owner, name], |r| {
+        Ok(RepoSettings {
+            default_branch: r.get(0)?,
+            allow_squash: r.get(1)?,
+            allow_merge: r.get(2)?,
+            allow_rebase: r.get(3)?,
+            require_review: r.get(4)?,
+        })
+    })
     .optional()?
     .ok_or_else(ForgeError::not_found)
 }
 
 fn pull_in(db: &Connection, owner: &str, name: &str, number: u64) -> ForgeResult<Pull> {
-    db.query_row(
+    db.prepare_cached(
         "SELECT title, head_ref, head_sha, base_ref, state, merged, merge_method, draft, conflicted, decision, \
          mergeable_override FROM pulls WHERE owner = ?1 AND name = ?2 AND number = ?3",
-        params![owner, name, number as i64],
-        |r| {
-            Ok(Pull {
-                owner: owner.to_owned(),
-                name: name.to_owned(),
-                number,
-                title: r.get(0)?,
-                head_ref: r.get(1)?,
-                head_sha: r.get(2)?,
-                base_ref: r.get(3)?,
-                state: r.get(4)?,
-                merged: r.get(5)?,
-                merge_method: r.get(6)?,
-                draft: r.get(7)?,
-                conflicted: r.get(8)?,
-                decision: r.get(9)?,
-                mergeable_override: r.get(10)?,
-            })
-        },
-    )
+    )?
+    .query_row(params![owner, name, number as i64], |r| {
+        Ok(Pull {
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            number,
+            title: r.get(0)?,
+            head_ref: r.get(1)?,
+            head_sha: r.get(2)?,
+            base_ref: r.get(3)?,
+            state: r.get(4)?,
+            merged: r.get(5)?,
+            merge_method: r.get(6)?,
+            draft: r.get(7)?,
+            conflicted: r.get(8)?,
+            decision: r.get(9)?,
+            mergeable_override: r.get(10)?,
+        })
+    })
     .optional()?
     .ok_or_else(ForgeError::not_found)
 }

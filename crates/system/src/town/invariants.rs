@@ -433,11 +433,16 @@ impl Checker {
     }
 
     fn check_dispatch_bounds(&self, conn: &Connection, settings: &Settings, out: &mut Vec<Violation>) -> Result<()> {
-        let mut st = conn.prepare_cached(
-            "SELECT bead_id, rig_id, dispatch_attempts FROM beads WHERE dispatch_attempts > ?1 AND type IN ('issue', 'merge_request')",
-        )?;
-        let over: Vec<(String, Option<String>, u32)> = st
-            .query_map([DEFAULT_MAX_DISPATCH_ATTEMPTS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        // The cap is written into the SQL, not bound: a bound value decides
+        // whether the partial index `beads_redispatch` applies, so SQLite
+        // would prepare the statement again on every run.
+        let sql = format!(
+            "SELECT bead_id, rig_id, dispatch_attempts FROM beads \
+             WHERE dispatch_attempts > {DEFAULT_MAX_DISPATCH_ATTEMPTS} AND type IN ('issue', 'merge_request')"
+        );
+        let over: Vec<(String, Option<String>, u32)> = conn
+            .prepare_cached(&sql)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (bead, rig, n) in over {
             let cap = rig
