@@ -97,6 +97,18 @@ impl Checker {
 
     /// Check the town database at `now`.
     pub fn check(&mut self, conn: &Connection, config: &TownConfig, now: Timestamp) -> Result<Vec<Violation>> {
+        // One read transaction for the lot: every check sees the same state,
+        // and SQLite begins one transaction rather than one per statement.
+        if conn.is_autocommit() {
+            let tx = conn.unchecked_transaction()?;
+            let out = self.check_all(&tx, config, now)?;
+            tx.commit()?;
+            return Ok(out);
+        }
+        self.check_all(conn, config, now)
+    }
+
+    fn check_all(&mut self, conn: &Connection, config: &TownConfig, now: Timestamp) -> Result<Vec<Violation>> {
         let mut out = Vec::new();
         let since = self.last_check.unwrap_or(Timestamp(i64::MIN));
         self.check_hooks(conn, &mut out)?;
