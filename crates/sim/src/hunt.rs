@@ -60,7 +60,7 @@ pub fn defects(opts: &HuntOptions<'_>) -> ExitCode {
         };
         let file = path.strip_prefix(opts.scenarios_dir).unwrap_or(&path).display().to_string();
         match Scenario::load(&path) {
-            Ok(sc) => hunts.push((d, file, sc)),
+            Ok(sc) => hunts.push((d, file, path, sc)),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(2);
@@ -68,8 +68,8 @@ pub fn defects(opts: &HuntOptions<'_>) -> ExitCode {
         }
     }
     let mut results = Vec::new();
-    for (d, file, sc) in &hunts {
-        let r = match hunt(*d, file, sc, opts) {
+    for (d, file, path, sc) in &hunts {
+        let r = match hunt(*d, (file, path), sc, opts) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}: the simulation could not run: {e}", d.name());
@@ -116,10 +116,12 @@ fn choose(only: &[String]) -> Result<Vec<Defect>, String> {
 /// Run the scenario's seeds 1, 2, … in batches of `jobs` with `d` switched on,
 /// stopping at the first failing seed that passes with the defect off (the
 /// control run): a seed that fails either way found something else.
-fn hunt(d: Defect, file: &str, sc: &Scenario, opts: &HuntOptions<'_>) -> Result<HuntResult, String> {
+/// `file` names the scenario in the results; `path` is where it is, for the
+/// replay command a failing seed prints.
+fn hunt(d: Defect, (file, path): (&str, &Path), sc: &Scenario, opts: &HuntOptions<'_>) -> Result<HuntResult, String> {
     let start = wall_now();
     let mode = Mode::choose(opts.json || opts.markdown, opts.progress_every);
-    let replay = format!("gastown-sim replay {file} --defect {}", d.name());
+    let replay = format!("gastown-sim replay {} --defect {}", path.display(), d.name());
     let progress = Progress::new(mode, d.name(), opts.max_seeds, replay);
     let batch = opts.jobs.max(1) as u64;
     let mut next = 1;
