@@ -56,6 +56,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::SiblingMrsStayOpen, "flaky-prs.toml"),
     (Defect::ConvoyPredicateByParent, "bug-c-fast-track-needs-pr-url.toml"),
     (Defect::GcDeletesNeverActive, "triage-desk.toml"),
+    (Defect::GcDeletesAgentPutToWork, "gc-after-a-quiet-day.toml"),
 ];
 
 /// The scenario file that hunts `d`, relative to the scenarios directory.

@@ -121,6 +121,8 @@ catalogue! {
     ConvoyPredicateByParent => "convoy-predicate-by-parent", "§10.2 #1";
     /// GC deletes an agent that never reported on the next tick.
     GcDeletesNeverActive => "gc-deletes-never-active", "§10.2 #4";
+    /// GC deletes an agent that an earlier action of the same pass put to work.
+    GcDeletesAgentPutToWork => "gc-deletes-agent-put-to-work", "DEVIATIONS (GC of an agent put to work)";
     /// A heartbeat revives an idle agent that has no hook.
     HeartbeatRevivesUnhooked => "heartbeat-revives-unhooked", "DEVIATIONS (heartbeat revival)";
 }

@@ -1617,3 +1617,43 @@ fn convoy_members_need_a_rig_to_land_in() {
     let triage = h.town.create_triage_request(TriageType::DirtyPolecat, None, "look", json!({})).unwrap().unwrap();
     assert!(h.town.convoy_add_bead(&convoy, &triage, &[]).is_err(), "a rig-less member leaves nowhere to land");
 }
+
+/// A landing MR appeared just before a day without ticks; on the next tick
+/// Rule 5 hooked the long-idle refinery to it and GC, judging the same
+/// snapshot, deleted that refinery: the MR went back to the queue and a
+/// session started for an agent that no longer existed.
+#[test]
+fn gc_spares_an_agent_the_same_tick_puts_to_work() {
+    let setup = Setup {
+        merge_strategy: MergeStrategy::Direct,
+        refinery: None,
+        staged_default: true,
+        convoy_mode: MergeMode::ReviewThenLand,
+        second_rig: None,
+    };
+    let mut h = Harness::new(&setup);
+    h.run(&Op::SlingConvoy { rig: 0, deps: vec![vec![], vec![0]], staged: None, mode: None, wild: false });
+    h.run(&Op::StartConvoy(0));
+    for _ in 0..5 {
+        h.run(&Op::Drive { pr: false, twice: false });
+    }
+    let landing = first(&h, "convoy");
+    h.run(&Op::CompleteReview { mr: 29, result: 1 }); // the landing MR fails
+    h.run(&Op::Drive { pr: false, twice: false });
+    h.run(&Op::Drive { pr: false, twice: false });
+    h.run(&Op::Run { ticks: 3, beat: false }); // a new landing MR, waiting for the next tick
+    let refinery = ids(h.conn(), "SELECT bead_id FROM agent_metadata WHERE role = 'refinery'").remove(0);
+    h.clock.advance_ms(24 * 60 * MINUTE_MS);
+    h.tick(&Starts::Ok); // checker: started_agents_kept, review_queue_moves
+    let hook = h.town.agent(&refinery).unwrap().current_hook_bead_id;
+    let mr: String = h
+        .conn()
+        .query_row(
+            "SELECT m.bead_id FROM beads m JOIN bead_dependencies d ON d.bead_id = m.bead_id \
+             WHERE m.type = 'merge_request' AND m.status = 'in_progress' AND d.depends_on_bead_id = ?1",
+            [&landing],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hook, Some(mr));
+}

@@ -135,7 +135,7 @@ pub struct ConvoySpec {
     /// Created staged, started this long after creation.
     #[serde(default)]
     pub start_after: Option<Dur>,
-    /// When in the run the convoy arrives (default: at the start).
+    /// When in the run the convoy arrives (default: a random time in the first half before the heal).
     #[serde(default)]
     pub at: Option<Dur>,
 }

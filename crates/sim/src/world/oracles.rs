@@ -50,6 +50,7 @@ pub const INVARIANTS: &[&str] = &[
     "stall_lasts_2h30",
     "heartbeating_agent_keeps_hook",
     "gc_only_long_idle_agents",
+    "started_agents_kept",
     // the workload's postconditions on its own calls
     "reset_clears_counters",
     // the alarm, checked by the world between steps

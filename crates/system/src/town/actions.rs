@@ -216,6 +216,14 @@ pub fn apply(cx: &mut Ctx<'_>, town_id: &str, action: &Action) -> Result<Option<
             Ok(None)
         }
         Action::DeleteAgent { agent_id, .. } => {
+            // GC judged the snapshot; an earlier action of this pass may have
+            // hooked the agent since (a dispatch resolves its agent only now).
+            let agent = agents::get(cx, agent_id)?;
+            let put_to_work =
+                agent.current_hook_bead_id.is_some() || !matches!(agent.status, AgentStatus::Idle | AgentStatus::Dead);
+            if put_to_work && !defects::on(Defect::GcDeletesAgentPutToWork) {
+                return Ok(None);
+            }
             agents::delete(cx, agent_id)?;
             Ok(None)
         }

@@ -3,6 +3,7 @@
 //! (the simulator adds the forge- and container-side ones).
 
 use super::actions::Action;
+use super::effects::Effect;
 use super::reconciler::agents::IDLE_HOOK_RELEASED;
 use super::reconciler::beads::AGENT_LOST;
 use super::reconciler::constants::{
@@ -74,6 +75,8 @@ pub struct Checker {
     /// Eviction reopens already judged (a check at the same instant as the
     /// previous one sees them again, with newer heartbeats).
     judged_reopens: BTreeSet<String>,
+    /// Agents whose sessions the last observed tick started.
+    started: BTreeSet<String>,
 }
 
 impl Checker {
@@ -86,6 +89,10 @@ impl Checker {
         for s in self.idle_hooks.values_mut() {
             s.tick_started(report.at);
         }
+        self.started.extend(report.effects.iter().filter_map(|e| match e {
+            Effect::StartAgent(s) => Some(s.agent_id.clone()),
+            _ => None,
+        }));
         let mut out = Vec::new();
         for id in &report.events.applied {
             if !self.applied_events.insert(id.clone()) {
@@ -112,6 +119,7 @@ impl Checker {
         let mut out = Vec::new();
         let since = self.last_check.unwrap_or(Timestamp(i64::MIN));
         self.check_hooks(conn, &mut out)?;
+        self.check_started_agents(conn, &mut out)?;
         self.check_idle_hooks(conn, now, &mut out)?;
         let settings = rig_settings(conn, config)?;
         self.check_review_queue_moves(conn, &settings, now, &mut out)?;
@@ -136,6 +144,19 @@ impl Checker {
         // Bug (d): an adopted outside PR is polled and merged, never reviewed.
         for id in rows(conn, "SELECT a.bead_id || ' on MR ' || r.bead_id FROM agent_metadata a JOIN review_metadata r ON r.bead_id = a.current_hook_bead_id WHERE r.babysit = 1", [])? {
             out.push(v("babysat_pr_has_no_refinery", format!("agent {id}, a babysat PR")));
+        }
+        Ok(())
+    }
+
+    /// A tick that starts an agent's session keeps the agent: GC, which
+    /// judged the snapshot, must not delete an agent an earlier action of
+    /// the same pass put to work.
+    fn check_started_agents(&mut self, conn: &Connection, out: &mut Vec<Violation>) -> Result<()> {
+        let mut st = conn.prepare_cached("SELECT 1 FROM agent_metadata WHERE bead_id = ?1")?;
+        for id in std::mem::take(&mut self.started) {
+            if !st.exists([&id])? {
+                out.push(v("started_agents_kept", format!("a tick started agent {id} and deleted it")));
+            }
         }
         Ok(())
     }
