@@ -1657,3 +1657,32 @@ fn gc_spares_an_agent_the_same_tick_puts_to_work() {
         .unwrap();
     assert_eq!(hook, Some(mr));
 }
+
+/// A triage `RESTART` stops the session and forgets the agent's activity;
+/// an eviction report queued before it then reopens the bead, as for any
+/// agent not heard from. The #3538 oracle once counted the forgotten
+/// heartbeat as fresh.
+#[test]
+fn an_eviction_report_after_a_triage_restart_may_reopen_the_bead() {
+    let setup = Setup {
+        merge_strategy: MergeStrategy::Direct,
+        refinery: Some((false, None, false, false, ReviewMode::Rework)),
+        staged_default: false,
+        convoy_mode: MergeMode::ReviewThenLand,
+        second_rig: None,
+    };
+    let ops = vec![
+        Op::Run { ticks: 1, beat: false },
+        Op::SlingBead { rig: 0, held: false, empty_title: false, labels: false },
+        Op::RouteEscalation { agent: Some(0), rig: None, severity: 0, empty: false },
+        Op::Drive { pr: false, twice: false },
+        Op::Forge(0),
+        Op::SlingBead { rig: 0, held: false, empty_title: false, labels: false },
+        Op::AgentCompleted { agent: 0, failed: false, eviction: true, mayor: false },
+        Op::ResolveTriage { request: 0, action: 0 },
+        Op::Tick(Starts::Ok),
+        Op::Tick(Starts::Ok),
+    ];
+    let mut h = run_case(&setup, &ops);
+    h.heal_and_check_liveness();
+}

@@ -75,7 +75,8 @@ pub struct Checker {
     /// Eviction reopens already judged (a check at the same instant as the
     /// previous one sees them again, with newer heartbeats).
     judged_reopens: BTreeSet<String>,
-    /// Agents whose sessions the last observed tick started.
+    /// Agents whose sessions the last observed tick started and whose
+    /// deletion its GC planned from the snapshot.
     started: BTreeSet<String>,
 }
 
@@ -89,8 +90,16 @@ impl Checker {
         for s in self.idle_hooks.values_mut() {
             s.tick_started(report.at);
         }
+        let collected: BTreeSet<&str> = report
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteAgent { agent_id, .. } => Some(agent_id.as_str()),
+                _ => None,
+            })
+            .collect();
         self.started.extend(report.effects.iter().filter_map(|e| match e {
-            Effect::StartAgent(s) => Some(s.agent_id.clone()),
+            Effect::StartAgent(s) if collected.contains(s.agent_id.as_str()) => Some(s.agent_id.clone()),
             _ => None,
         }));
         let mut out = Vec::new();
@@ -150,7 +159,8 @@ impl Checker {
 
     /// A tick that starts an agent's session keeps the agent: GC, which
     /// judged the snapshot, must not delete an agent an earlier action of
-    /// the same pass put to work.
+    /// the same pass put to work. (Between a tick's phases a user may remove
+    /// the rig and its agents; that is not GC's doing.)
     fn check_started_agents(&mut self, conn: &Connection, out: &mut Vec<Violation>) -> Result<()> {
         let mut st = conn.prepare_cached("SELECT 1 FROM agent_metadata WHERE bead_id = ?1")?;
         for id in std::mem::take(&mut self.started) {
@@ -391,26 +401,31 @@ impl Checker {
     /// eviction and keeps its work. The heartbeat at the reopen is bounded
     /// below by what the previous check saw, or by the agent's current value
     /// if that is older than the reopen (a redispatch in the same tick sets
-    /// it to the reopen's own time, which proves nothing).
+    /// it to the reopen's own time, which proves nothing). An activity
+    /// cleared since (NULL now) voids the remembered one.
     fn check_eviction_reopens(&mut self, conn: &Connection, since: Timestamp, out: &mut Vec<Violation>) -> Result<()> {
         let key = format!("$.{}", super::beads::EVICTION_REOPEN);
         let mut st = conn.prepare_cached(
-            "SELECT e.bead_event_id, e.bead_id, e.created_at, json_extract(e.metadata, ?2), a.last_activity_at \
+            "SELECT e.bead_event_id, e.bead_id, e.created_at, json_extract(e.metadata, ?2), a.last_activity_at, a.bead_id IS NOT NULL \
              FROM bead_events e LEFT JOIN agent_metadata a ON a.bead_id = json_extract(e.metadata, ?2) \
              WHERE e.event_type = 'status_changed' AND e.created_at >= ?1 AND json_extract(e.metadata, ?2) IS NOT NULL",
         )?;
-        type Row = (String, String, i64, String, Option<i64>);
+        type Row = (String, String, i64, String, Option<i64>, bool);
         let reopens: Vec<Row> = st
             .query_map(rusqlite::params![since.0, key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        for (event, bead, at, agent, current) in reopens {
+        for (event, bead, at, agent, current, exists) in reopens {
             if !self.judged_reopens.insert(event) {
                 continue;
             }
             let at = Timestamp(at);
-            let known = self.activity.get(&agent).copied().max(current.map(Timestamp).filter(|c| *c < at));
+            // A NULL now was cleared on purpose (a triage RESTART stops the
+            // session and forgets its activity): what came before is void.
+            let cleared = exists && current.is_none();
+            let remembered = if cleared { None } else { self.activity.get(&agent).copied() };
+            let known = remembered.max(current.map(Timestamp).filter(|c| *c < at));
             if known.is_some() && !stale(at, known, HEARTBEAT_STALE_MS) {
                 out.push(v(
                     "heartbeating_agent_keeps_hook",
