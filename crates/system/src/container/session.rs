@@ -126,8 +126,7 @@ impl SessionDb {
     pub fn open_read_only(path: &Path) -> Result<SessionDb, SessionError> {
         let conn = connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         let db = SessionDb { conn, path: path.to_path_buf() };
-        let app_id: i32 =
-            db.conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| db.not_session(e.to_string()))?;
+        let app_id = db.application_id()?;
         if app_id != APPLICATION_ID {
             return Err(db.not_session(format!("application_id {app_id:#x}")));
         }
@@ -142,12 +141,14 @@ impl SessionDb {
         SessionError::NotASessionDb { path: self.path.display().to_string(), why: why.into() }
     }
 
+    /// The file's `application_id`; a file that is not SQLite fails here,
+    /// on its first read.
+    fn application_id(&self) -> Result<i32, SessionError> {
+        self.conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(|e| self.not_session(e.to_string()))
+    }
+
     fn validate_and_init(&self) -> Result<(), SessionError> {
-        // A file that is not SQLite fails on its first read.
-        let app_id: i32 = self
-            .conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(|e| self.not_session(e.to_string()))?;
+        let app_id = self.application_id()?;
         let tables: i64 = self
             .conn
             .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
