@@ -187,8 +187,19 @@ mod never_panics {
     use super::*;
     use proptest::prelude::*;
 
+    /// A fixed draw for the gate unless `PROPTEST_RNG_SEED` names one.
+    fn config() -> ProptestConfig {
+        let default = ProptestConfig::default();
+        let fixed = std::env::var_os("PROPTEST_RNG_SEED").is_none();
+        ProptestConfig {
+            cases: 256,
+            rng_seed: if fixed { proptest::test_runner::RngSeed::Fixed(1) } else { default.rng_seed },
+            ..default
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(config())]
         #[test]
         fn arbitrary_text_never_panics_the_parser(text in "\\PC{0,400}") {
             let _ = Scenario::parse("p.toml", &text);
