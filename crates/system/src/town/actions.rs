@@ -452,6 +452,29 @@ mod tests {
         }
     }
 
+    /// GC plans from the snapshot; a dispatch earlier in the same pass may
+    /// have reused the agent since (an unnamed dispatch picks the oldest idle
+    /// polecat only when it applies). Only a still-idle, unhooked agent goes.
+    #[test]
+    fn gc_deletes_an_agent_only_if_it_is_still_idle_and_unhooked() {
+        let (mut town, _clock, rig) = town();
+        let slung = town.sling_bead(SlingBead { rig_id: rig.clone(), title: "x".into(), ..Default::default() });
+        let (bead, agent) = slung.map(|(s, _)| (s.bead_id, s.agent_id.unwrap())).unwrap();
+        town.unhook_bead(&agent).unwrap();
+        let gc = Action::DeleteAgent { agent_id: agent.clone(), reason: "GC: idle > 24h".into() };
+        let any = Action::dispatch(None, &bead, &rig);
+        let Some(Effect::StartAgent(s)) = apply_one(&mut town, &any).unwrap() else { panic!("no start") };
+        assert_eq!(s.agent_id, agent, "the dispatch reused the idle polecat");
+        assert_eq!(apply_one(&mut town, &gc).unwrap(), None);
+        let kept = town.agent(&agent).unwrap();
+        assert_eq!(kept.current_hook_bead_id.as_deref(), Some(bead.as_str()), "the agent put to work stays");
+
+        town.unhook_bead(&agent).unwrap();
+        town.conn().execute("UPDATE agent_metadata SET status = 'idle' WHERE bead_id = ?1", [&agent]).unwrap();
+        apply_one(&mut town, &gc).unwrap();
+        assert!(town.agent(&agent).is_err(), "an idle, unhooked agent is deleted");
+    }
+
     #[test]
     fn dispatch_needs_the_named_agent_still_hooked_and_otherwise_hooks_one() {
         let (mut town, _clock, rig) = town();
