@@ -2,7 +2,8 @@
 //! covers what issue 6 asks: smoke, each fault family, each historical bug
 //! (a)–(r), a fault-free steady state and a soak.
 
-use gastown_sim::scenario::Scenario;
+use gastown::town::reconciler::constants::{GUPP_FORCE_STOP_MS, STALLED_AUTO_IDLE_MS};
+use gastown_sim::scenario::{AgentsSection, Scenario};
 use std::path::Path;
 
 fn library() -> Vec<(String, Scenario)> {
@@ -54,5 +55,28 @@ fn the_scenario_library_parses_and_covers_every_bug_and_family() {
     }
     for (file, s) in &lib {
         assert_eq!(&s.name, file, "a scenario's name is its file name");
+    }
+}
+
+/// Whether any role's sessions may wedge (`hang` or `silent_hang` above zero).
+fn agents_may_hang(a: &AgentsSection) -> bool {
+    let roles = [&a.polecat, &a.refinery, &a.mayor];
+    let role_hangs = roles.iter().filter_map(|r| r.as_ref()?.hang.as_ref());
+    [&a.hang, &a.silent_hang].into_iter().chain(role_hangs).any(|p| p.0.hi > 0.0)
+}
+
+/// A session that wedges just before the heal recovers on upstream's clock:
+/// GUPP stops it 2 h after its dispatch, and A2 may take 2 h 30 min more to
+/// idle the stalled agent. A gated scenario whose agents hang must give
+/// liveness that long, or a hang in its last hour before the heal fails a
+/// clean build: `bug-g` (window 1 h) failed 11 of its first 109 seeds so.
+#[test]
+fn scenarios_whose_agents_hang_wait_for_upstreams_hang_recovery() {
+    let recovery_ms = (GUPP_FORCE_STOP_MS + STALLED_AUTO_IDLE_MS) as u64;
+    for (file, s) in gated() {
+        if s.expect.liveness && agents_may_hang(&s.agents) {
+            let window = s.run.converge_within.ms();
+            assert!(window >= recovery_ms, "{file}: agents hang but converge_within is {window} ms < {recovery_ms} ms");
+        }
     }
 }
