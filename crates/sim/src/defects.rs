@@ -34,7 +34,7 @@ pub const HUNTS: &[(Defect, &str)] = &[
     (Defect::LandingMrWhileOneIsLive, "bug-n-landing-mr-cycling.toml"),
     (Defect::LandingAttemptsUnbounded, "refinery-outage.toml"),
     (Defect::GuppIgnoresDispatchTime, "wedged-sessions.toml"),
-    (Defect::GuppNullActivity, "findings/bug-o-gupp-null-activity.toml"),
+    (Defect::GuppNullActivity, "bug-o-gupp-null-activity.toml"),
     (Defect::NudgeDedupIgnored, "bug-g-gupp-stale-watermark.toml"),
     (Defect::DispatchKeepsEventWatermark, "bug-g-gupp-stale-watermark.toml"),
     (Defect::AlarmPostponedByRpc, "bug-h-alarm-only-shortens.toml"),
