@@ -112,10 +112,15 @@ mod tests {
     }
 
     #[test]
-    fn waits_while_a_member_mr_is_in_flight() {
+    fn waits_while_a_member_mr_is_in_flight_and_lands_once_it_ended() {
         let mut k = landing_kit(0, None);
         k.mr("m", BeadStatus::InProgress, Some("t"), None);
         assert!(k.run(reconcile).is_empty());
+        // A merged or failed member MR is history, not work in flight.
+        for ended in [BeadStatus::Closed, BeadStatus::Failed] {
+            k.s.bead_mut("m").unwrap().status = ended;
+            assert!(landed(&k.run(reconcile)), "member MR {ended:?} held the landing");
+        }
     }
 
     #[test]
