@@ -35,7 +35,9 @@ SURVIVORS = [
     ("actions.rs", "(*to == BeadStatus::Failed)", "(*to != BeadStatus::Failed)", "town::actions"),
     ("actions.rs", "if bead.bead_type == BeadType::MergeRequest {\n                let babysit", "if bead.bead_type != BeadType::MergeRequest {\n                let babysit", "town::actions"),
     ("actions.rs", "fn apply_merge(cx: &mut Ctx<'_>, mr: &str, pr_url: &str) -> Result<Option<Effect>> {", "fn apply_merge(cx: &mut Ctx<'_>, mr: &str, pr_url: &str) -> Result<Option<Effect>> {\n    return Ok(None);", "town::actions"),
-    ("actions.rs", "if !rig_repo.eq_ignore_ascii_case(pr_repo)", "if rig_repo.eq_ignore_ascii_case(pr_repo)", "town::actions"),
+    ("actions.rs", "if pr.in_repo_of(&rig.git_url) == Some(false)", "if pr.in_repo_of(&rig.git_url) != Some(false)", "town::actions"),
+    # shard 0/3, eleventh session: GC's apply-time guard met only an agent both hooked and working
+    ("actions.rs", "agent.current_hook_bead_id.is_some() || !matches!", "agent.current_hook_bead_id.is_some() && !matches!", "gc_deletes"),
     # shard 1/3, eleventh session: an ended member MR was never shown not to hold the landing
     ("reconciler/convoys.rs", "mr.bead_type == BeadType::MergeRequest && mr.status.is_live()", "mr.bead_type == BeadType::MergeRequest || mr.status.is_live()", "convoys"),
 ]

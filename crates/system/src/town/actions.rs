@@ -469,8 +469,22 @@ mod tests {
         let kept = town.agent(&agent).unwrap();
         assert_eq!(kept.current_hook_bead_id.as_deref(), Some(bead.as_str()), "the agent put to work stays");
 
+        // Either sign of work is enough: a hook on an idle agent, or a working
+        // status without a hook.
+        let set_status = |town: &mut Town, status: &str| {
+            town.conn()
+                .execute("UPDATE agent_metadata SET status = ?2 WHERE bead_id = ?1", [agent.as_str(), status])
+                .unwrap()
+        };
+        set_status(&mut town, "idle");
+        apply_one(&mut town, &gc).unwrap();
+        assert!(town.agent(&agent).is_ok(), "an idle agent with a hook stays");
         town.unhook_bead(&agent).unwrap();
-        town.conn().execute("UPDATE agent_metadata SET status = 'idle' WHERE bead_id = ?1", [&agent]).unwrap();
+        set_status(&mut town, "working");
+        apply_one(&mut town, &gc).unwrap();
+        assert!(town.agent(&agent).is_ok(), "a working agent without a hook stays");
+
+        set_status(&mut town, "idle");
         apply_one(&mut town, &gc).unwrap();
         assert!(town.agent(&agent).is_err(), "an idle, unhooked agent is deleted");
     }
