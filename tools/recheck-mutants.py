@@ -38,6 +38,8 @@ SURVIVORS = [
     ("actions.rs", "if pr.in_repo_of(&rig.git_url) == Some(false)", "if pr.in_repo_of(&rig.git_url) != Some(false)", "town::actions"),
     # shard 0/3, eleventh session: GC's apply-time guard met only an agent both hooked and working
     ("actions.rs", "agent.current_hook_bead_id.is_some() || !matches!", "agent.current_hook_bead_id.is_some() && !matches!", "gc_deletes"),
+    # shard 0/3, eleventh session: Rule 1b never met a non-open bead with an assignee
+    ("reconciler/beads.rs", "b.status == BeadStatus::Open && b.assignee.is_some()", "b.status == BeadStatus::Open || b.assignee.is_some()", "rule1b"),
     # shard 1/3, eleventh session: an ended member MR was never shown not to hold the landing
     ("reconciler/convoys.rs", "mr.bead_type == BeadType::MergeRequest && mr.status.is_live()", "mr.bead_type == BeadType::MergeRequest || mr.status.is_live()", "convoys"),
 ]

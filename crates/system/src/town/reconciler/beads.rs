@@ -239,6 +239,10 @@ mod tests {
         k.issue("tr", BeadStatus::Open);
         k.label("tr", &[Label::TriageRequest]);
         k.s.bead_mut("tr").unwrap().assignee = Some("ghost".into());
+        // Only open beads are candidates: a polecat that called gt_done has
+        // unhooked from its in-review bead, which keeps its assignee.
+        k.issue("reviewed", BeadStatus::InReview);
+        k.s.bead_mut("reviewed").unwrap().assignee = Some("done".into());
         k.draining = true;
         let out = k.run(reconcile);
         let cleared: Vec<_> = out
