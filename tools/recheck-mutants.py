@@ -40,6 +40,9 @@ SURVIVORS = [
     ("actions.rs", "agent.current_hook_bead_id.is_some() || !matches!", "agent.current_hook_bead_id.is_some() && !matches!", "gc_deletes"),
     # shard 0/3, eleventh session: Rule 1b never met a non-open bead with an assignee
     ("reconciler/beads.rs", "b.status == BeadStatus::Open && b.assignee.is_some()", "b.status == BeadStatus::Open || b.assignee.is_some()", "rule1b"),
+    ("reconciler/beads.rs", "a.status == AgentStatus::Idle && a.role != AgentRole::Refinery", "a.status == AgentStatus::Idle || a.role != AgentRole::Refinery", "rule2"),
+    ("reconciler/beads.rs", "b.last_dispatch_attempt_at)\n            || b.blocked", "b.last_dispatch_attempt_at)\n            && b.blocked", "rule2"),
+    ("reconciler/beads.rs", "|| s.draining\n            || breaker", "|| s.draining\n            && breaker", "rule2"),
     # shard 1/3, eleventh session: an ended member MR was never shown not to hold the landing
     ("reconciler/convoys.rs", "mr.bead_type == BeadType::MergeRequest && mr.status.is_live()", "mr.bead_type == BeadType::MergeRequest || mr.status.is_live()", "convoys"),
 ]

@@ -276,6 +276,40 @@ mod tests {
         assert_eq!(unhooked(&out), vec!["c"]);
     }
 
+    /// Each reason for Rule 2 to wait holds on its own, and Rule 2 is for idle
+    /// agents other than refineries (Rule 6 dispatches those).
+    #[test]
+    fn rule2_each_reason_to_wait_holds_alone() {
+        let hooked = || {
+            let mut k = Kit::new();
+            k.issue("b", BeadStatus::Open);
+            k.s.bead_mut("b").unwrap().assignee = Some("a".into());
+            k.agent("a", AgentStatus::Idle, Some("b"), Some(k.ago(1)));
+            k
+        };
+        assert_eq!(dispatched(&hooked().run(reconcile)), vec![(Some("a"), "b")]);
+        let waits: [(&str, fn(&mut Kit)); 6] = [
+            ("cooling down", |k| {
+                let last = k.ago(1_000);
+                let b = k.s.bead_mut("b").unwrap();
+                (b.dispatch_attempts, b.last_dispatch_attempt_at) = (1, Some(last));
+            }),
+            ("blocked", |k| {
+                k.issue("blocker", BeadStatus::InProgress);
+                k.block("b", "blocker");
+            }),
+            ("draining", |k| k.draining = true),
+            ("breaker open", |k| k.s.breaker_failures = BREAKER_FAILURE_THRESHOLD),
+            ("a refinery", |k| k.s.agents[0].role = AgentRole::Refinery),
+            ("a working agent", |k| k.s.agents[0].status = AgentStatus::Working),
+        ];
+        for (why, set) in waits {
+            let mut k = hooked();
+            set(&mut k);
+            assert!(dispatched(&k.run(reconcile)).is_empty(), "{why}: dispatched");
+        }
+    }
+
     #[test]
     fn rule3_stale_in_progress_boundary_and_liveness() {
         let mut k = Kit::new();
