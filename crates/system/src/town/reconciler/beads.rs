@@ -288,7 +288,8 @@ mod tests {
             k
         };
         assert_eq!(dispatched(&hooked().run(reconcile)), vec![(Some("a"), "b")]);
-        let waits: [(&str, fn(&mut Kit)); 6] = [
+        type Wait = (&'static str, fn(&mut Kit));
+        let waits: [Wait; 6] = [
             ("cooling down", |k| {
                 let last = k.ago(1_000);
                 let b = k.s.bead_mut("b").unwrap();
