@@ -43,6 +43,7 @@ SURVIVORS = [
     ("reconciler/beads.rs", "a.status == AgentStatus::Idle && a.role != AgentRole::Refinery", "a.status == AgentStatus::Idle || a.role != AgentRole::Refinery", "rule2"),
     ("reconciler/beads.rs", "b.last_dispatch_attempt_at)\n            || b.blocked", "b.last_dispatch_attempt_at)\n            && b.blocked", "rule2"),
     ("reconciler/beads.rs", "|| s.draining\n            || breaker", "|| s.draining\n            && breaker", "rule2"),
+    ("reconciler/beads.rs", "HEARTBEAT_STALE_MS)\n                && !defects", "HEARTBEAT_STALE_MS)\n                || !defects", "rule3"),
     # shard 1/3, eleventh session: an ended member MR was never shown not to hold the landing
     ("reconciler/convoys.rs", "mr.bead_type == BeadType::MergeRequest && mr.status.is_live()", "mr.bead_type == BeadType::MergeRequest || mr.status.is_live()", "convoys"),
 ]

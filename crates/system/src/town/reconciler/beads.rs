@@ -314,19 +314,22 @@ mod tests {
     #[test]
     fn rule3_stale_in_progress_boundary_and_liveness() {
         let mut k = Kit::new();
-        for id in ["at", "past", "working", "fresh", "capped"] {
+        for id in ["at", "past", "working", "fresh", "capped", "silent"] {
             k.issue(id, BeadStatus::InProgress);
         }
         k.s.bead_mut("at").unwrap().updated_at = k.ago(STALE_IN_PROGRESS_TIMEOUT_MS);
-        for id in ["past", "working", "fresh", "capped"] {
+        for id in ["past", "working", "fresh", "capped", "silent"] {
             k.s.bead_mut(id).unwrap().updated_at = k.ago(STALE_IN_PROGRESS_TIMEOUT_MS + 1);
         }
         k.s.bead_mut("capped").unwrap().dispatch_attempts = 5;
         k.agent("w", AgentStatus::Working, Some("working"), Some(k.ago(10 * 60_000)));
         k.agent("f", AgentStatus::Idle, Some("fresh"), Some(k.ago(HEARTBEAT_STALE_MS)));
+        // Hooked but idle and silent: lost, as much as no agent at all.
+        k.agent("s", AgentStatus::Idle, Some("silent"), Some(k.ago(HEARTBEAT_STALE_MS + 1)));
         k.draining = true;
         let out = k.run(reconcile);
-        assert_eq!(transitions(&out), vec![("past", BeadStatus::Open), ("capped", BeadStatus::Failed)]);
+        let lost = [("past", BeadStatus::Open), ("capped", BeadStatus::Failed), ("silent", BeadStatus::Open)];
+        assert_eq!(transitions(&out), lost);
         // The oracle agrees, and names a reset under an agent that still heart-beats (#1358).
         assert!(crate::town::invariants::check_actions(&k.s, &out).is_empty());
         let reset = Action::transition_bead("fresh", Some(BeadStatus::InProgress), BeadStatus::Open, AGENT_LOST);
