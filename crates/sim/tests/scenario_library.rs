@@ -80,3 +80,18 @@ fn scenarios_whose_agents_hang_wait_for_upstreams_hang_recovery() {
         }
     }
 }
+
+/// Nothing recovers a wedged mayor (GUPP and A1 skip mayors, as upstream), so
+/// a mayor turn that hangs keeps the alarm on the active cadence for good and
+/// fails liveness whatever the window (findings README, F5). A gated scenario
+/// that messages the mayor must keep its mayor from hanging.
+#[test]
+fn scenarios_that_message_the_mayor_keep_it_from_hanging() {
+    for (file, s) in gated() {
+        let messages = s.workload.mayor_messages.as_ref().is_some_and(|m| m.per_hour > 0.0);
+        let mayor_hang = s.agents.mayor.as_ref().and_then(|m| m.hang.as_ref()).unwrap_or(&s.agents.hang);
+        if s.expect.liveness && messages {
+            assert_eq!(mayor_hang.0.hi, 0.0, "{file}: the mayor gets messages and may hang");
+        }
+    }
+}
