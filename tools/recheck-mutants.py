@@ -9,7 +9,18 @@ restored whatever happens. Exit 1 if any mutant survives.
 
     python3 tools/recheck-mutants.py            # every survivor
     python3 tools/recheck-mutants.py convoys    # those whose file path contains "convoys"
+
+With --scenarios it asks the other half of the harness instead: would the CI
+gate's scenarios (scenarios/*.toml at their own seed counts, every invariant
+and liveness) have caught the mutant without the unit tests? Each mutant gets
+a release build and a whole gate run, about 5 min of one core; the verdict
+names the invariants that fired, or whether only the baseline's deterministic
+metrics moved (the gate fails on that too, but it says nothing about
+correctness). Run it in a scratch worktree so the edits never touch yours:
+
+    git worktree add /tmp/mutwt HEAD && python3 /tmp/mutwt/tools/recheck-mutants.py --scenarios
 """
+import json
 import pathlib
 import subprocess
 import sys
@@ -49,8 +60,38 @@ SURVIVORS = [
 ]
 
 
+def unit_tests(tests: str) -> str:
+    r = subprocess.run(["cargo", "test", "-q", "-p", "gastown", "--lib", tests], cwd=ROOT, capture_output=True, text=True)
+    if "error[" in r.stderr:
+        return "UNVIABLE"
+    return "KILLED" if r.returncode != 0 else "SURVIVED"
+
+
+def gate_scenarios(_tests: str) -> str:
+    build = subprocess.run(["cargo", "build", "-q", "--release", "-p", "gastown-sim"], cwd=ROOT, capture_output=True, text=True)
+    if build.returncode != 0:
+        return "UNVIABLE"
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("*.toml"))
+    cmd = [str(ROOT / "target/release/gastown-sim"), "run", *files, "--json", "--progress-every", "0",
+           "--baseline", str(ROOT / "reports/sim-baseline.json")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    try:
+        scenarios = json.loads(r.stdout)["scenarios"]
+    except (ValueError, KeyError):
+        return f"ERROR    gastown-sim exited {r.returncode}: {r.stderr.strip()[-300:]}"
+    fired = sorted({f"{s['name']}:{f['invariant']}" for s in scenarios for f in s["failures"]})
+    if fired:
+        return "KILLED   by " + ", ".join(fired)
+    if "difference(s) in deterministic metrics" in r.stderr:
+        return "BASELINE only the deterministic metrics moved"
+    return "SURVIVED"
+
+
 def main() -> int:
-    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    args = sys.argv[1:]
+    check = gate_scenarios if "--scenarios" in args else unit_tests
+    args = [a for a in args if a != "--scenarios"]
+    only = args[0] if args else ""
     survived = 0
     for name, old, new, tests in SURVIVORS:
         if only not in name:
@@ -63,13 +104,8 @@ def main() -> int:
             continue
         try:
             path.write_text(src.replace(old, new, 1))
-            r = subprocess.run(["cargo", "test", "-q", "-p", "gastown", "--lib", tests], cwd=ROOT, capture_output=True, text=True)
-            if "error[" in r.stderr:
-                verdict = "UNVIABLE"
-            elif r.returncode != 0:
-                verdict = "KILLED"
-            else:
-                verdict = "SURVIVED"
+            verdict = check(tests)
+            if verdict.startswith(("SURVIVED", "BASELINE")):
                 survived += 1
             print(f"{verdict:<8} {name}: {old} -> {new}", flush=True)
         finally:
