@@ -597,6 +597,32 @@ fn bug_d_oracle_names_a_review_queue_that_stands_still() {
 }
 
 #[test]
+fn rule7_oracle_names_a_refinery_left_on_an_ended_mr() {
+    let mut w = World::new();
+    let (src, p) = w.sling("merged behind the refinery's back");
+    let mr = w.town.submit_to_review_queue(&p, &src, "gt/behind", Some(&pr(1)), None).unwrap();
+    w.advance(TICK_MS);
+    w.tick_checked();
+    let refinery = w.refineries().remove(0).agent_id;
+    assert_eq!(w.hook(&refinery).as_deref(), Some(mr.as_str()), "the refinery took the MR");
+    let names = |w: &mut World| {
+        let now = w.now();
+        let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
+        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
+    };
+    // The MR ends under the working refinery (say, merged on the forge).
+    w.town.conn().execute("UPDATE beads SET status = 'closed' WHERE bead_id = ?1", [&mr]).unwrap();
+    assert!(names(&mut w).is_empty(), "Rule 7 may take a tick");
+    // No tick runs, so Rule 7 never frees it: past the longest gap between two ticks.
+    w.advance(6 * MINUTE_MS);
+    assert_eq!(names(&mut w), ["refinery_leaves_ended_mr"]);
+    w.advance(TICK_MS);
+    w.tick_checked();
+    assert_eq!(w.hook(&refinery), None, "the next tick frees the refinery");
+    assert!(names(&mut w).is_empty());
+}
+
+#[test]
 fn bug_e_url_less_mr_fails_within_one_tick_and_source_retries() {
     let mut w = World::review_off();
     let (src, p) = w.sling("forgets to open a PR");

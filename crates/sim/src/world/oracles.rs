@@ -24,6 +24,7 @@ pub const INVARIANTS: &[&str] = &[
     "babysat_pr_has_no_refinery",
     "idle_agent_releases_live_bead",
     "review_queue_moves",
+    "refinery_leaves_ended_mr",
     "terminal_is_final",
     "one_direct_review_per_rig",
     "in_review_has_live_mr",

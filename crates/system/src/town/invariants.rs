@@ -69,6 +69,8 @@ pub struct Checker {
     idle_hooks: BTreeMap<(String, String), Sighting>,
     /// Rigs seen with an MR waiting for a refinery that is free, and since when.
     idle_queues: BTreeMap<String, Timestamp>,
+    /// Refineries seen working on an MR that had already ended, and since when.
+    refineries_on_ended_mrs: BTreeMap<String, Timestamp>,
     /// Each agent's `last_activity_at` at the previous check: a lower bound
     /// on its heartbeat at any later moment (the column only moves forward).
     activity: BTreeMap<String, Timestamp>,
@@ -132,6 +134,7 @@ impl Checker {
         self.check_idle_hooks(conn, now, &mut out)?;
         let settings = rig_settings(conn, config)?;
         self.check_review_queue_moves(conn, &settings, now, &mut out)?;
+        self.check_refineries_leave_ended_mrs(conn, now, &mut out)?;
         self.check_reviews(conn, &settings, now, &mut out)?;
         self.check_convoys(conn, &mut out)?;
         self.check_transitions(conn, since, &mut out)?;
@@ -232,6 +235,30 @@ impl Checker {
         };
         for rig in outlasting(&mut self.idle_queues, waiting, now) {
             out.push(v("review_queue_moves", format!("rig {rig} has an open MR and a free refinery, but no review")));
+        }
+        Ok(())
+    }
+
+    /// Rule 7: a refinery still working on an MR that ended (merged outside,
+    /// failed) is stopped and freed on the next tick. Without this the rig's
+    /// one review slot stays taken until GUPP gives up on the refinery hours
+    /// later, which a long liveness window forgives.
+    fn check_refineries_leave_ended_mrs(
+        &mut self,
+        conn: &Connection,
+        now: Timestamp,
+        out: &mut Vec<Violation>,
+    ) -> Result<()> {
+        let held: BTreeSet<String> = rows(
+            conn,
+            "SELECT a.bead_id FROM agent_metadata a JOIN beads m ON m.bead_id = a.current_hook_bead_id \
+             WHERE a.role = 'refinery' AND a.status IN ('working', 'stalled') AND m.status IN ('closed', 'failed')",
+            [],
+        )?
+        .into_iter()
+        .collect();
+        for agent in outlasting(&mut self.refineries_on_ended_mrs, held, now) {
+            out.push(v("refinery_leaves_ended_mr", format!("refinery {agent} still works on an MR that ended")));
         }
         Ok(())
     }
