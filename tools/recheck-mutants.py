@@ -105,7 +105,7 @@ def main() -> int:
         try:
             path.write_text(src.replace(old, new, 1))
             verdict = check(tests)
-            if verdict.startswith(("SURVIVED", "BASELINE")):
+            if not verdict.startswith(("KILLED", "UNVIABLE")):
                 survived += 1
             print(f"{verdict:<8} {name}: {old} -> {new}", flush=True)
         finally:

@@ -111,6 +111,13 @@ impl World {
         assert!(r.invariant_violations.is_empty(), "upstream invariants at {now}: {:?}", r.invariant_violations);
     }
 
+    /// The invariants the town-state checker names now, without a tick.
+    fn violated(&mut self) -> Vec<&'static str> {
+        let now = self.now();
+        let v = self.checker.check(self.town.conn(), self.town.config(), now).unwrap();
+        v.into_iter().map(|v| v.invariant).collect()
+    }
+
     /// The snapshot the next tick's reconcile pass will see (no events pending).
     fn snapshot(&self) -> TownSnapshot {
         TownSnapshot::load(self.town.conn(), self.now(), false, self.town.config()).unwrap()
@@ -580,20 +587,15 @@ fn bug_d_oracle_names_a_review_queue_that_stands_still() {
     let mut w = World::new();
     let (src, p) = w.sling("waits for a refinery");
     let mr = w.town.submit_to_review_queue(&p, &src, "gt/waits", Some(&pr(1)), None).unwrap();
-    let names = |w: &mut World| {
-        let now = w.now();
-        let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
-        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
-    };
-    assert!(names(&mut w).is_empty(), "an MR may wait a tick");
+    assert!(w.violated().is_empty(), "an MR may wait a tick");
     // No tick runs, so Rule 5 never pops the MR: the queue stands still past
     // the longest gap between two ticks.
     w.advance(6 * MINUTE_MS);
-    assert_eq!(names(&mut w), ["review_queue_moves"]);
+    assert_eq!(w.violated(), ["review_queue_moves"]);
     w.advance(TICK_MS);
     w.tick_checked();
     assert_eq!(w.status(&mr), BeadStatus::InProgress, "the next tick pops it");
-    assert!(names(&mut w).is_empty());
+    assert!(w.violated().is_empty());
 }
 
 #[test]
@@ -605,21 +607,16 @@ fn rule7_oracle_names_a_refinery_left_on_an_ended_mr() {
     w.tick_checked();
     let refinery = w.refineries().remove(0).agent_id;
     assert_eq!(w.hook(&refinery).as_deref(), Some(mr.as_str()), "the refinery took the MR");
-    let names = |w: &mut World| {
-        let now = w.now();
-        let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
-        v.into_iter().map(|v| v.invariant).collect::<Vec<_>>()
-    };
     // The MR ends under the working refinery (say, merged on the forge).
-    w.town.conn().execute("UPDATE beads SET status = 'closed' WHERE bead_id = ?1", [&mr]).unwrap();
-    assert!(names(&mut w).is_empty(), "Rule 7 may take a tick");
+    w.sql("UPDATE beads SET status = 'closed' WHERE bead_id = ?1", [&mr]);
+    assert!(w.violated().is_empty(), "Rule 7 may take a tick");
     // No tick runs, so Rule 7 never frees it: past the longest gap between two ticks.
     w.advance(6 * MINUTE_MS);
-    assert_eq!(names(&mut w), ["refinery_leaves_ended_mr"]);
+    assert_eq!(w.violated(), ["refinery_leaves_ended_mr"]);
     w.advance(TICK_MS);
     w.tick_checked();
     assert_eq!(w.hook(&refinery), None, "the next tick frees the refinery");
-    assert!(names(&mut w).is_empty());
+    assert!(w.violated().is_empty());
 }
 
 #[test]
@@ -1218,9 +1215,7 @@ fn bug_p_container_status_is_upserted_and_running_never_recorded() {
                SELECT event_id || '-again', event_type, agent_id, bead_id, payload, created_at FROM town_events \
                WHERE event_type = 'container_status' AND processed_at IS NULL AND agent_id = ?1 LIMIT 1";
     w.sql(dup, [&b]);
-    let now = w.now();
-    let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
-    assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["container_status_upserted"]);
+    assert_eq!(w.violated(), ["container_status_upserted"]);
     w.sql("DELETE FROM town_events WHERE event_id LIKE '%-again'", []);
     let r = w.tick();
     w.check(&r);
@@ -1666,9 +1661,7 @@ fn fix_sibling_mrs_close_when_one_merges() {
     assert_eq!(w.status(&stale), BeadStatus::Closed);
     // The oracle: had the sibling stayed live, the checker names it.
     w.sql("UPDATE beads SET status = 'open' WHERE bead_id = ?1", [&stale]);
-    let now = w.now();
-    let v = w.checker.check(w.town.conn(), w.town.config(), now).unwrap();
-    assert_eq!(v.iter().map(|v| v.invariant).collect::<Vec<_>>(), ["merge_closes_sibling_mrs"], "{v:?}");
+    assert_eq!(w.violated(), ["merge_closes_sibling_mrs"]);
 }
 
 #[test]
