@@ -13,6 +13,12 @@ macro_rules! out {
     }};
 }
 
+// The reconciler's queries build and drop SQLite's temporary tables every
+// tick; glibc's allocator hands that memory back to the kernel and faults it
+// in again each time (a fifth of a long run's CPU in `perf`). mimalloc keeps it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cli;
 mod hunt;
 mod progress;

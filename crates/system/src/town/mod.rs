@@ -197,6 +197,12 @@ impl Town {
     pub fn alarm_at(&self) -> Result<Option<Timestamp>> {
         state::alarm(&self.conn)
     }
+    /// Rows written to the town database since it was opened (SQLite's
+    /// `total_changes`). A polling observer may skip rereading state while it
+    /// stays the same: every write counts, including one later rolled back.
+    pub fn rows_written(&self) -> u64 {
+        self.conn.total_changes()
+    }
     pub fn drain_state(&self) -> Result<DrainState> {
         state::drain_state(&self.conn)
     }
