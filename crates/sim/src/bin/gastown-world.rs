@@ -7,6 +7,11 @@
 //! gastown-world [--config FILE.json] [--seed S | --seeds N] [--hours H] [--check-determinism] [--json]
 //! ```
 
+// The allocator the simulator and the tick benchmark run on, so the figures
+// they report are this binary's (ARCHITECTURE.md, "What a seed costs").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use gastown_sim::world::{run_seed, RunOptions, WorldConfig};
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,6 +1,11 @@
 //! `gastown`: run a town for real (`gastown up`) and talk to it (the user
 //! commands), plus the agent tools external agents call (`gastown gt …`).
 
+// The allocator the simulator and the tick benchmark run on, so the figures
+// they report are this binary's (ARCHITECTURE.md, "What a seed costs").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
