@@ -606,6 +606,31 @@ impl World {
     }
 }
 
+/// The town's alarm as of the last step, reread only when the town wrote a
+/// row since: the world checks it after every 100 ms step, and most steps
+/// write nothing (a long scenario has a million steps).
+#[derive(Default)]
+struct AlarmMemo {
+    /// Held, so that a new host can never take the old one's address.
+    last: Option<(Arc<TownHost>, u64, Option<Timestamp>)>,
+}
+
+impl AlarmMemo {
+    fn read(&mut self, town: &Arc<TownHost>) -> Option<Timestamp> {
+        let written = town.with_town_quietly(|t| Ok(t.rows_written())).ok();
+        if let (Some((host, n, at)), Some(written)) = (&self.last, written) {
+            if Arc::ptr_eq(host, town) && *n == written {
+                return *at;
+            }
+        }
+        self.last = None;
+        // A failed read is not remembered: the next step tries again.
+        let at = town.with_town_quietly(|t| t.alarm_at()).ok()?;
+        self.last = written.map(|n| (town.clone(), n, at));
+        at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,30 +666,5 @@ mod tests {
         assert!(r.failures[0].detail.contains("server socket buffer full"), "{}", r.failures[0].detail);
         let fine = guarded(8, &opts, || empty_report(8, &opts));
         assert!(fine.failures.is_empty());
-    }
-}
-
-/// The town's alarm as of the last step, reread only when the town wrote a
-/// row since: the world checks it after every 100 ms step, and most steps
-/// write nothing (a long scenario has a million steps).
-#[derive(Default)]
-struct AlarmMemo {
-    /// Held, so that a new host can never take the old one's address.
-    last: Option<(Arc<TownHost>, u64, Option<Timestamp>)>,
-}
-
-impl AlarmMemo {
-    fn read(&mut self, town: &Arc<TownHost>) -> Option<Timestamp> {
-        let written = town.with_town_quietly(|t| Ok(t.rows_written())).ok();
-        if let (Some((host, n, at)), Some(written)) = (&self.last, written) {
-            if Arc::ptr_eq(host, town) && *n == written {
-                return *at;
-            }
-        }
-        self.last = None;
-        // A failed read is not remembered: the next step tries again.
-        let at = town.with_town_quietly(|t| t.alarm_at()).ok()?;
-        self.last = written.map(|n| (town.clone(), n, at));
-        at
     }
 }
