@@ -10,17 +10,49 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// The seeds `--seeds` names, both ends included: `N` is `1..=N`, and
+/// `A..=B` lets a long sweep resume where it stopped (reports of disjoint
+/// ranges merge like shards).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl std::str::FromStr for SeedRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number =
+            |t: &str| t.trim().parse::<u64>().map_err(|_| format!("`{s}` is not a seed count N or a range A..=B"));
+        let (first, last) = match s.split_once("..") {
+            None => (1, number(s)?),
+            Some((a, b)) => match b.strip_prefix('=') {
+                Some(b) => (number(a)?, number(b)?),
+                // `A..B` reads as exclusive to a Rust user and inclusive to
+                // others; refuse it rather than guess.
+                None => return Err(format!("`{s}`: write the range with both ends included, as A..=B")),
+            },
+        };
+        if first == 0 || first > last {
+            return Err(format!("`{s}`: seeds start at 1 and the range must not be empty"));
+        }
+        Ok(SeedRange { first, last })
+    }
+}
+
 pub struct SeedChoice {
-    pub seeds: Option<u64>,
+    pub seeds: Option<SeedRange>,
     pub seed: Option<u64>,
     pub shard: Option<(u64, u64)>,
 }
 
 impl SeedChoice {
     fn list(&self, sc: &Scenario) -> Vec<u64> {
-        let all: Vec<u64> = match self.seed {
-            Some(s) => vec![s],
-            None => (1..=self.seeds.unwrap_or(u64::from(sc.run.seeds))).collect(),
+        let all: Vec<u64> = match (self.seed, self.seeds) {
+            (Some(s), _) => vec![s],
+            (None, Some(r)) => (r.first..=r.last).collect(),
+            (None, None) => (1..=u64::from(sc.run.seeds)).collect(),
         };
         match self.shard {
             Some((k, n)) => all.into_iter().filter(|s| (s - 1) % n == k - 1).collect(),
@@ -404,5 +436,33 @@ pub fn merge(paths: &[PathBuf], json: bool, report_dir: Option<&Path>) -> ExitCo
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeedRange;
+
+    #[test]
+    fn seeds_take_a_count_or_an_inclusive_range() {
+        assert_eq!("1000".parse(), Ok(SeedRange { first: 1, last: 1000 }));
+        assert_eq!("301..=1000".parse(), Ok(SeedRange { first: 301, last: 1000 }));
+        assert_eq!("7..=7".parse(), Ok(SeedRange { first: 7, last: 7 }));
+    }
+
+    #[test]
+    fn seeds_refuse_what_they_would_have_to_guess() {
+        for (bad, says) in [
+            ("301..1000", "A..=B"),
+            ("0", "start at 1"),
+            ("0..=5", "start at 1"),
+            ("9..=3", "must not be empty"),
+            ("ten", "not a seed count"),
+            ("..=4", "not a seed count"),
+            ("-3", "not a seed count"),
+        ] {
+            let e = bad.parse::<SeedRange>().unwrap_err();
+            assert!(e.contains(bad) && e.contains(says), "{bad}: {e}");
+        }
     }
 }

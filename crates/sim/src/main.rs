@@ -37,9 +37,9 @@ enum Command {
         /// Scenario files (TOML).
         #[arg(required = true)]
         scenarios: Vec<PathBuf>,
-        /// Seeds 1..=N (default: each scenario's `run.seeds`).
-        #[arg(long)]
-        seeds: Option<u64>,
+        /// Seeds 1..=N, or A..=B to resume a sweep (default: each scenario's `run.seeds`).
+        #[arg(long, value_name = "N|A..=B")]
+        seeds: Option<cli::SeedRange>,
         /// Run only this seed.
         #[arg(long, conflicts_with = "seeds")]
         seed: Option<u64>,

@@ -92,6 +92,9 @@ fn cli_exit_codes_and_json_shape() {
     );
     assert_eq!(sim(&["run", "/nonexistent.toml"]).status.code(), Some(2));
     assert_eq!(sim(&["run", good.to_str().unwrap(), "--shard", "3/2"]).status.code(), Some(2));
+    let reversed = sim(&["run", good.to_str().unwrap(), "--seeds", "4..=1"]);
+    assert_eq!(reversed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&reversed.stderr).contains("`4..=1`"));
     assert_eq!(sim(&["check", good.to_str().unwrap()]).status.code(), Some(0));
 }
 
@@ -140,35 +143,40 @@ fn cli_replay_with_a_defect_needs_the_switches_and_a_known_name() {
 }
 
 #[test]
-fn cli_shards_together_equal_the_unsharded_run() {
+fn cli_shards_and_seed_ranges_together_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(dir.path(), "tiny.toml", PASSING);
     let whole = json(&sim(&["run", good.to_str().unwrap(), "--json"]));
-    let mut parts = Vec::new();
-    for k in 1..=2 {
-        let out_dir = dir.path().join(format!("shard{k}"));
-        let o = sim(&[
-            "run",
-            good.to_str().unwrap(),
-            "--shard",
-            &format!("{k}/2"),
-            "--report-dir",
-            out_dir.to_str().unwrap(),
-        ]);
-        assert_eq!(o.status.code(), Some(0));
-        for f in ["summary.json", "summary.md", "junit.xml", "index.html"] {
-            assert!(out_dir.join(f).exists(), "{f}");
+    let splits: [[[&str; 2]; 2]; 2] =
+        [[["--shard", "1/2"], ["--shard", "2/2"]], [["--seeds", "1..=1"], ["--seeds", "2..=4"]]];
+    for (i, split) in splits.iter().enumerate() {
+        let mut parts = Vec::new();
+        for (k, [flag, value]) in split.iter().enumerate() {
+            let out_dir = dir.path().join(format!("split{i}-part{k}"));
+            let o = sim(&["run", good.to_str().unwrap(), flag, value, "--report-dir", out_dir.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(0), "{flag} {value}");
+            for f in ["summary.json", "summary.md", "junit.xml", "index.html"] {
+                assert!(out_dir.join(f).exists(), "{f}");
+            }
+            parts.push(out_dir.join("summary.json").to_str().unwrap().to_owned());
         }
-        parts.push(out_dir.join("summary.json").to_str().unwrap().to_owned());
-    }
-    let mut args = vec!["merge", "--json"];
-    args.extend(parts.iter().map(String::as_str));
-    let merged = json(&sim(&args));
-    let (w, m) = (&whole["scenarios"][0], &merged["scenarios"][0]);
-    for k in
-        ["seeds_run", "seeds_failed", "ticks", "beads", "faults", "marks", "trace_hash", "seed_hashes", "sim_seconds"]
-    {
-        assert_eq!(w[k], m[k], "{k}");
+        let mut args = vec!["merge", "--json"];
+        args.extend(parts.iter().map(String::as_str));
+        let merged = json(&sim(&args));
+        let (w, m) = (&whole["scenarios"][0], &merged["scenarios"][0]);
+        for k in [
+            "seeds_run",
+            "seeds_failed",
+            "ticks",
+            "beads",
+            "faults",
+            "marks",
+            "trace_hash",
+            "seed_hashes",
+            "sim_seconds",
+        ] {
+            assert_eq!(w[k], m[k], "{split:?}: {k}");
+        }
     }
 }
 
