@@ -149,6 +149,7 @@ pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs
         Ok(s) => s,
         Err(code) => return code,
     };
+    let started = wall_now();
     let mut summaries = Vec::new();
     let mut detail = Vec::new();
     for (sc, path) in scenarios.iter().zip(paths) {
@@ -177,6 +178,8 @@ pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs
     let run = RunSummary { scenarios: summaries };
     if json {
         out!("{}", serde_json::to_string(&run).unwrap_or_default());
+    } else if run.scenarios.len() > 1 {
+        print_total(&run, wall_us_since(started), jobs);
     }
     if let Some(dir) = report_dir {
         if let Err(e) = write_reports(dir, &run, &detail) {
@@ -272,7 +275,7 @@ fn report_detail(sc: &Scenario, outcomes: &[SeedOutcome]) -> Vec<SeedOutcome> {
 fn print_summary(s: &ScenarioSummary) {
     let verdict = if s.seeds_failed == 0 { "ok" } else { "FAILED" };
     out!(
-        "{:<28} {verdict:<6} {:>4} seeds {:>3} failed  ticks {:>7}  sim {:>6.1} h  beads {} created {} closed {} failed  tick p99 {} µs",
+        "{:<28} {verdict:<6} {:>4} seeds {:>3} failed  ticks {:>7}  sim {:>6.1} h  beads {} created {} closed {} failed  tick p99 {} µs  {:.0}× real time",
         s.name,
         s.seeds_run,
         s.seeds_failed,
@@ -281,12 +284,29 @@ fn print_summary(s: &ScenarioSummary) {
         s.beads.created,
         s.beads.closed,
         s.beads.failed,
-        s.tick_wall_us.p99
+        s.tick_wall_us.p99,
+        s.real_time_factor()
     );
     for f in s.failures.iter().take(10) {
         out!("    seed {} {} at {} ms: {}", f.seed, f.invariant, f.sim_time_ms, f.detail);
         out!("      replay: {}", f.replay);
     }
+}
+
+/// The whole run in one line, so a CI log shows what the library costs
+/// (DESIGN.md §8: the library at its CI seed counts in ≤ 10 min on 2 cores).
+fn print_total(run: &RunSummary, wall_us: u64, jobs: usize) {
+    let seeds: u64 = run.scenarios.iter().map(|s| s.seeds_run).sum();
+    let failed: u64 = run.scenarios.iter().map(|s| s.seeds_failed).sum();
+    let sim: f64 = run.scenarios.iter().map(|s| s.sim_seconds).sum();
+    let seed_wall: f64 = run.scenarios.iter().map(|s| s.wall_seconds).sum();
+    let factor = if seed_wall > 0.0 { sim / seed_wall } else { 0.0 };
+    out!(
+        "total: {} scenarios  {seeds} seeds  {failed} failed  sim {:.1} h  seed time {seed_wall:.1} s ({factor:.0}× real time)  wall {:.1} s with --jobs {jobs}",
+        run.scenarios.len(),
+        sim / 3600.0,
+        wall_us as f64 / 1e6
+    );
 }
 
 pub fn replay(path: &Path, seed: u64, check: bool, trace: Option<&Path>) -> ExitCode {

@@ -99,6 +99,38 @@ fn cli_exit_codes_and_json_shape() {
 }
 
 #[test]
+fn cli_text_output_says_how_fast_the_simulator_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "tiny.toml", PASSING);
+    let other = write(dir.path(), "tiny2.toml", &PASSING.replace("\"tiny\"", "\"tiny2\""));
+    let report = dir.path().join("out");
+    let out = sim(&[
+        "run",
+        good.to_str().unwrap(),
+        other.to_str().unwrap(),
+        "--seeds",
+        "2",
+        "--report-dir",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let factor = |line: &str| -> f64 {
+        let head = line.split("× real time").next().unwrap();
+        head.rsplit(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for line in &lines[..2] {
+        assert!(factor(line) > 0.0, "{line}");
+    }
+    assert!(lines[2].starts_with("total: 2 scenarios  4 seeds  0 failed  sim "), "{}", lines[2]);
+    assert!(factor(lines[2]) > 0.0 && lines[2].ends_with("with --jobs 1"), "{}", lines[2]);
+    let md = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    assert!(md.contains("| wall s | × real time |"), "{md}");
+}
+
+#[test]
 fn cli_replay_reproduces_the_trace_hash() {
     let dir = tempfile::tempdir().unwrap();
     let good = write(dir.path(), "tiny.toml", PASSING);

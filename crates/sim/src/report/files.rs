@@ -49,18 +49,19 @@ fn slug(s: &str) -> String {
 
 pub fn markdown(run: &RunSummary) -> String {
     let mut md = String::from("# gastown-sim run\n\n");
-    md.push_str("| scenario | seeds | failed | ticks | sim h | wall s | tick p50 µs | p99 µs | closed / created |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| scenario | seeds | failed | ticks | sim h | wall s | × real time | tick p50 µs | p99 µs | closed / created |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for s in &run.scenarios {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.1} | {:.2} | {} | {} | {} / {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.2} | {:.0} | {} | {} | {} / {} |",
             s.name,
             s.seeds_run,
             s.seeds_failed,
             s.ticks,
             s.sim_seconds / 3600.0,
             s.wall_seconds,
+            s.real_time_factor(),
             s.tick_wall_us.p50,
             s.tick_wall_us.p99,
             s.beads.closed,

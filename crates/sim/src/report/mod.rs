@@ -236,6 +236,17 @@ impl ScenarioSummary {
         Ok(out)
     }
 
+    /// Simulated time over the seeds' own wall time: how many times faster
+    /// than real time the simulator ran on one core (DESIGN.md §8 asks for
+    /// 1,000×). Zero when nothing was timed.
+    pub fn real_time_factor(&self) -> f64 {
+        if self.wall_seconds > 0.0 {
+            self.sim_seconds / self.wall_seconds
+        } else {
+            0.0
+        }
+    }
+
     /// The fields that must not change unless behaviour changes: the CI
     /// baseline compares these exactly (no wall-clock figures).
     pub fn deterministic_view(&self) -> serde_json::Value {
