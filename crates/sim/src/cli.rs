@@ -275,7 +275,7 @@ fn report_detail(sc: &Scenario, outcomes: &[SeedOutcome]) -> Vec<SeedOutcome> {
 fn print_summary(s: &ScenarioSummary) {
     let verdict = if s.seeds_failed == 0 { "ok" } else { "FAILED" };
     out!(
-        "{:<28} {verdict:<6} {:>4} seeds {:>3} failed  ticks {:>7}  sim {:>6.1} h  beads {} created {} closed {} failed  tick p99 {} µs  {:.0}× real time",
+        "{:<28} {verdict:<6} {:>4} seeds {:>3} failed  ticks {:>7}  sim {:>6.1} h  beads {} created {} closed {} failed  agents {}  tick p99 {} µs  {:.0}× real time",
         s.name,
         s.seeds_run,
         s.seeds_failed,
@@ -284,6 +284,7 @@ fn print_summary(s: &ScenarioSummary) {
         s.beads.created,
         s.beads.closed,
         s.beads.failed,
+        s.agents_max,
         s.tick_wall_us.p99,
         s.real_time_factor()
     );

@@ -176,6 +176,7 @@ pub fn run_world_seed(cfg: &WorldConfig, seed: u64, keep_trace: bool, name: &str
         ticks: r.ticks,
         tick_wall_us,
         beads: BeadCounts { created: r.beads.created, closed: r.beads.closed, failed: r.beads.failed },
+        agents: r.agents,
         faults: r.faults,
         marks: r.marks,
         trace_hash: r.trace_hash,

@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         } else {
             let _ = writeln!(
                 out,
-                "seed {seed}: {} sim {:.1} h in {:.2} s ({:.0}x), {} ticks, {} steps, issues {}/{} closed ({} failed), tick p50/p99 {}/{} µs, faults {:?}",
+                "seed {seed}: {} sim {:.1} h in {:.2} s ({:.0}x), {} ticks, {} steps, issues {}/{} closed ({} failed), {} agents, tick p50/p99 {}/{} µs, faults {:?}",
                 if r.passed { "PASS" } else { "FAIL" },
                 r.sim_ms as f64 / 3_600_000.0,
                 r.wall_us as f64 / 1e6,
@@ -105,6 +105,7 @@ fn main() -> ExitCode {
                 r.beads.closed,
                 r.beads.created,
                 r.beads.failed,
+                r.agents,
                 r.tick_wall_us.p50,
                 r.tick_wall_us.p99,
                 r.faults

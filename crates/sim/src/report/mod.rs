@@ -27,6 +27,9 @@ pub struct SeedOutcome {
     #[serde(skip)]
     pub tick_wall_us: Vec<u64>,
     pub beads: BeadCounts,
+    /// Agents the town held at the end.
+    #[serde(default)]
+    pub agents: u64,
     pub faults: BTreeMap<String, u64>,
     pub marks: BTreeMap<String, u64>,
     pub trace_hash: String,
@@ -78,6 +81,9 @@ pub struct ScenarioSummary {
     pub ticks: u64,
     pub tick_wall_us: Percentiles,
     pub beads: BeadCounts,
+    /// The most agents any seed's town held at its end.
+    #[serde(default)]
+    pub agents_max: u64,
     pub faults: BTreeMap<String, u64>,
     pub marks: BTreeMap<String, u64>,
     /// The seed's trace hash when one seed ran; else a hash over the seeds' hashes in seed order.
@@ -184,6 +190,7 @@ impl ScenarioSummary {
                 closed: outcomes.iter().map(|o| o.beads.closed).sum(),
                 failed: outcomes.iter().map(|o| o.beads.failed).sum(),
             },
+            agents_max: outcomes.iter().map(|o| o.agents).max().unwrap_or(0),
             faults,
             marks,
             trace_hash: combined_hash(&seed_hashes),
@@ -221,6 +228,7 @@ impl ScenarioSummary {
             out.beads.created += p.beads.created;
             out.beads.closed += p.beads.closed;
             out.beads.failed += p.beads.failed;
+            out.agents_max = out.agents_max.max(p.agents_max);
             for (k, v) in &p.faults {
                 *out.faults.entry(k.clone()).or_insert(0) += v;
             }

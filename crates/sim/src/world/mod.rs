@@ -278,6 +278,10 @@ pub struct SeedReport {
     /// Simulated ms from an event's creation to its application in a tick.
     pub event_latency_ms: Percentiles,
     pub beads: BeadCounts,
+    /// Agents the town held at the end: mayor, refineries and polecats (the
+    /// size DESIGN.md §8's speed target is stated for).
+    #[serde(default)]
+    pub agents: u64,
     pub faults: BTreeMap<String, u64>,
     pub marks: BTreeMap<String, u64>,
     pub trace_hash: String,
@@ -295,7 +299,7 @@ pub struct SeedReport {
 }
 
 impl SeedReport {
-    /// Simulated hours per wall second.
+    /// How many times faster than real time the seed ran.
     pub fn speedup(&self) -> f64 {
         if self.wall_us == 0 {
             return 0.0;

@@ -285,6 +285,14 @@ impl World {
         })
         .unwrap_or_default()
     }
+
+    fn agent_count(&self) -> u64 {
+        let Some(town) = self.sh.town() else { return 0 };
+        town.with_town_quietly(|t| {
+            Ok(t.conn().query_row("SELECT COUNT(*) FROM agent_metadata", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .unwrap_or_default()
+    }
 }
 
 /// Run one seed of `cfg`. Deterministic: the same config and seed give the
@@ -334,6 +342,7 @@ fn empty_report(seed: u64, opts: &RunOptions) -> SeedReport {
         tick_wall_hist: Vec::new(),
         event_latency_ms: Default::default(),
         beads: BeadCounts::default(),
+        agents: 0,
         faults: BTreeMap::new(),
         marks: BTreeMap::new(),
         trace_hash: String::new(),
@@ -554,6 +563,7 @@ fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedRe
         }
     }
     let beads = w.bead_counts();
+    report.agents = w.agent_count();
     if cfg.expect.min_closed_fraction > 0.0 && beads.created > 0 {
         let frac = beads.closed as f64 / beads.created as f64;
         if frac < cfg.expect.min_closed_fraction {
