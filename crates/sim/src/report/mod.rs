@@ -7,6 +7,7 @@ mod html;
 
 pub use files::{write_reports, write_trace};
 
+use crate::world::measure;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,25 +114,11 @@ pub fn replay_line(file: &str, seed: u64) -> String {
     format!("gastown-sim replay {file} --seed {seed}")
 }
 
-fn new_hist() -> Histogram<u64> {
-    // 1 µs .. 1 h, 3 significant digits: fixed bounds, cannot fail.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds")
-}
-
+/// The report's percentiles (DESIGN.md §7's shape, without the count) of
+/// a histogram the world's `measure` module made.
 fn percentiles(h: &Histogram<u64>) -> Percentiles {
-    if h.is_empty() {
-        return Percentiles::default();
-    }
-    Percentiles {
-        p50: h.value_at_quantile(0.5),
-        p99: h.value_at_quantile(0.99),
-        p999: h.value_at_quantile(0.999),
-        max: h.max(),
-    }
-}
-
-fn hist_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
-    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    let p = measure::percentiles(h);
+    Percentiles { p50: p.p50, p99: p.p99, p999: p.p999, max: p.max }
 }
 
 fn combined_hash(hashes: &BTreeMap<u64, String>) -> String {
@@ -147,10 +134,10 @@ fn combined_hash(hashes: &BTreeMap<u64, String>) -> String {
 
 impl ScenarioSummary {
     pub fn from_outcomes(name: &str, file: &str, outcomes: &[SeedOutcome]) -> ScenarioSummary {
-        let mut hist = new_hist();
+        let mut hist = measure::new_hist();
         for o in outcomes {
             for &us in &o.tick_wall_us {
-                let _ = hist.record(us.max(1));
+                measure::record(&mut hist, us);
             }
         }
         let mut faults = BTreeMap::new();
@@ -195,7 +182,7 @@ impl ScenarioSummary {
             marks,
             trace_hash: combined_hash(&seed_hashes),
             seed_hashes,
-            tick_wall_hist: hist_pairs(&hist),
+            tick_wall_hist: measure::raw(&hist),
             file: file.to_owned(),
         }
     }
@@ -204,13 +191,13 @@ impl ScenarioSummary {
     pub fn merge(parts: &[ScenarioSummary]) -> Result<ScenarioSummary, String> {
         let first = parts.first().ok_or("nothing to merge")?;
         let mut out = first.clone();
-        let mut hist = new_hist();
+        let mut hist = measure::new_hist();
         for p in parts {
             if p.name != first.name {
                 return Err(format!("cannot merge scenario {} with {}", p.name, first.name));
             }
             for &(v, c) in &p.tick_wall_hist {
-                let _ = hist.record_n(v.max(1), c);
+                let _ = hist.record_n(v.clamp(1, measure::HIST_MAX), c);
             }
         }
         for p in &parts[1..] {
@@ -239,7 +226,7 @@ impl ScenarioSummary {
         }
         out.failures.sort_by_key(|f| (f.seed, f.sim_time_ms));
         out.tick_wall_us = percentiles(&hist);
-        out.tick_wall_hist = hist_pairs(&hist);
+        out.tick_wall_hist = measure::raw(&hist);
         out.trace_hash = combined_hash(&out.seed_hashes);
         Ok(out)
     }

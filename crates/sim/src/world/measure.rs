@@ -13,13 +13,17 @@ pub struct Percentiles {
     pub count: u64,
 }
 
+/// The largest value a histogram holds: 1 hour in µs (or 1,000 hours in ms).
+pub(crate) const HIST_MAX: u64 = 3_600_000_000;
+
 pub(crate) fn new_hist() -> Histogram<u64> {
-    // 1 .. 1 hour in ms, or 1 µs .. ~1 h in µs: 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+    // 3 significant digits over fixed bounds: cannot fail.
+    Histogram::new_with_bounds(1, HIST_MAX, 3).expect("valid histogram bounds")
 }
 
+/// Record `v`, clamped into the histogram's bounds.
 pub(crate) fn record(h: &mut Histogram<u64>, v: u64) {
-    let _ = h.record(v.clamp(1, 3_600_000_000));
+    let _ = h.record(v.clamp(1, HIST_MAX));
 }
 
 pub(crate) fn percentiles(h: &Histogram<u64>) -> Percentiles {

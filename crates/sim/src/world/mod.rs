@@ -15,7 +15,7 @@
 mod config;
 mod faults;
 mod hosts;
-mod measure;
+pub(crate) mod measure;
 mod oracles;
 mod people;
 mod run;
