@@ -39,6 +39,12 @@ pub struct StoredSnapshot {
     pub bytes: Vec<u8>,
 }
 
+/// Whom a call is about: an agent (of a town), or a town as a whole.
+enum Addressee<'a> {
+    Agent(&'a AgentAddr),
+    Town(&'a TownAddr),
+}
+
 /// One request to the town.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TownCall {
@@ -96,31 +102,23 @@ impl TownCall {
 
     /// The town this call goes to.
     pub fn town(&self) -> &TownAddr {
-        match self {
-            TownCall::Heartbeat(a, _)
-            | TownCall::Done(a, _)
-            | TownCall::Completed(a, _)
-            | TownCall::Waiting(a, _)
-            | TownCall::RequestChanges(a, _)
-            | TownCall::Checkpoint(a, _)
-            | TownCall::PendingNudges(a)
-            | TownCall::NudgeDelivered(a, _)
-            | TownCall::EvictionContext(a, _)
-            | TownCall::GetSnapshot(a)
-            | TownCall::PutSnapshot { agent: a, .. }
-            | TownCall::DeleteSnapshot(a)
-            | TownCall::Escalate(a, _) => &a.town,
-            TownCall::ContainerEviction(t)
-            | TownCall::ContainerReady(t, _)
-            | TownCall::DrainStatus(t)
-            | TownCall::GetRegistry(t)
-            | TownCall::PutRegistry(t, _)
-            | TownCall::RefreshContainerToken(t) => t,
+        match self.addressee() {
+            Addressee::Agent(a) => &a.town,
+            Addressee::Town(t) => t,
         }
     }
 
     /// The agent this call is about, if any.
     pub fn agent_id(&self) -> Option<&str> {
+        match self.addressee() {
+            Addressee::Agent(a) => Some(&a.agent_id),
+            Addressee::Town(_) => None,
+        }
+    }
+
+    /// The agent the call is about, or else the town it goes to. One
+    /// exhaustive match, so a new call must say which it is.
+    fn addressee(&self) -> Addressee<'_> {
         match self {
             TownCall::Heartbeat(a, _)
             | TownCall::Done(a, _)
@@ -134,8 +132,13 @@ impl TownCall {
             | TownCall::GetSnapshot(a)
             | TownCall::PutSnapshot { agent: a, .. }
             | TownCall::DeleteSnapshot(a)
-            | TownCall::Escalate(a, _) => Some(&a.agent_id),
-            _ => None,
+            | TownCall::Escalate(a, _) => Addressee::Agent(a),
+            TownCall::ContainerEviction(t)
+            | TownCall::ContainerReady(t, _)
+            | TownCall::DrainStatus(t)
+            | TownCall::GetRegistry(t)
+            | TownCall::PutRegistry(t, _)
+            | TownCall::RefreshContainerToken(t) => Addressee::Town(t),
         }
     }
 }
