@@ -2,7 +2,7 @@
 
 use crate::progress::{Mode, Progress};
 use gastown_sim::engine::run_scenario_seed;
-use gastown_sim::report::{write_reports, RunSummary, ScenarioSummary, SeedOutcome};
+use gastown_sim::report::{real_time_factor, write_reports, RunSummary, ScenarioSummary, SeedOutcome};
 use gastown_sim::scenario::Scenario;
 use gastown_sim::trace::first_difference;
 use std::path::{Path, PathBuf};
@@ -301,7 +301,7 @@ fn print_total(run: &RunSummary, wall_us: u64, jobs: usize) {
     let failed: u64 = run.scenarios.iter().map(|s| s.seeds_failed).sum();
     let sim: f64 = run.scenarios.iter().map(|s| s.sim_seconds).sum();
     let seed_wall: f64 = run.scenarios.iter().map(|s| s.wall_seconds).sum();
-    let factor = if seed_wall > 0.0 { sim / seed_wall } else { 0.0 };
+    let factor = real_time_factor(sim, seed_wall);
     out!(
         "total: {} scenarios  {seeds} seeds  {failed} failed  sim {:.1} h  seed time {seed_wall:.1} s ({factor:.0}× real time)  wall {:.1} s with --jobs {jobs}",
         run.scenarios.len(),

@@ -235,11 +235,7 @@ impl ScenarioSummary {
     /// than real time the simulator ran on one core (DESIGN.md §8 asks for
     /// 1,000×). Zero when nothing was timed.
     pub fn real_time_factor(&self) -> f64 {
-        if self.wall_seconds > 0.0 {
-            self.sim_seconds / self.wall_seconds
-        } else {
-            0.0
-        }
+        real_time_factor(self.sim_seconds, self.wall_seconds)
     }
 
     /// The fields that must not change unless behaviour changes: the CI
@@ -256,6 +252,16 @@ impl ScenarioSummary {
             "marks": self.marks,
             "trace_hash": self.trace_hash,
         })
+    }
+}
+
+/// Simulated seconds per wall second; zero when no wall time was measured,
+/// so an untimed run reads as "not measured" rather than infinitely fast.
+pub fn real_time_factor(sim_seconds: f64, wall_seconds: f64) -> f64 {
+    if wall_seconds > 0.0 {
+        sim_seconds / wall_seconds
+    } else {
+        0.0
     }
 }
 
@@ -280,6 +286,14 @@ mod tests {
             trace_hash: format!("h{seed}"),
             ..SeedOutcome::default()
         }
+    }
+
+    #[test]
+    fn real_time_factor_is_zero_when_nothing_was_timed() {
+        assert_eq!(real_time_factor(7_200.0, 2.0), 3_600.0);
+        assert_eq!(real_time_factor(7_200.0, 0.0), 0.0);
+        let whole = ScenarioSummary::from_outcomes("x", "x.toml", &[outcome(1, false, &[5])]);
+        assert_eq!(whole.real_time_factor(), real_time_factor(whole.sim_seconds, whole.wall_seconds));
     }
 
     #[test]

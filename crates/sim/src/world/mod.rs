@@ -301,9 +301,6 @@ pub struct SeedReport {
 impl SeedReport {
     /// How many times faster than real time the seed ran.
     pub fn speedup(&self) -> f64 {
-        if self.wall_us == 0 {
-            return 0.0;
-        }
-        self.sim_ms as f64 * 1_000.0 / self.wall_us as f64
+        crate::report::real_time_factor(self.sim_ms as f64 / 1e3, self.wall_us as f64 / 1e6)
     }
 }
