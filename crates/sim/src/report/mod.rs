@@ -28,7 +28,7 @@ pub struct SeedOutcome {
     #[serde(skip)]
     pub tick_wall_us: Vec<u64>,
     pub beads: BeadCounts,
-    /// Agents the town held at the end.
+    /// The most agents the town held at once.
     #[serde(default)]
     pub agents: u64,
     pub faults: BTreeMap<String, u64>,
@@ -82,7 +82,7 @@ pub struct ScenarioSummary {
     pub ticks: u64,
     pub tick_wall_us: Percentiles,
     pub beads: BeadCounts,
-    /// The most agents any seed's town held at its end.
+    /// The most agents any seed's town held at once.
     #[serde(default)]
     pub agents_max: u64,
     pub faults: BTreeMap<String, u64>,

@@ -278,8 +278,9 @@ pub struct SeedReport {
     /// Simulated ms from an event's creation to its application in a tick.
     pub event_latency_ms: Percentiles,
     pub beads: BeadCounts,
-    /// Agents the town held at the end: mayor, refineries and polecats (the
-    /// size DESIGN.md §8's speed target is stated for).
+    /// The most agents the town held at once (mayor, refineries and
+    /// polecats; the size DESIGN.md §8's speed target is stated for),
+    /// sampled with the bead series and at the end.
     #[serde(default)]
     pub agents: u64,
     pub faults: BTreeMap<String, u64>,

@@ -108,6 +108,9 @@ pub struct World {
     tick_hist: Histogram<u64>,
     latency_hist: Histogram<u64>,
     series: Vec<(u64, BTreeMap<String, u64>)>,
+    /// The most agents the town held at any series sample (GC may leave
+    /// none at the end, so the end count would understate the town).
+    agents_peak: u64,
     pub(crate) now: u64,
     stop_early: bool,
 }
@@ -271,6 +274,7 @@ impl World {
             })
             .unwrap_or_default();
         self.series.push((self.now, counts));
+        self.agents_peak = self.agents_peak.max(self.agent_count());
     }
 
     fn bead_counts(&self) -> BeadCounts {
@@ -459,6 +463,7 @@ fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedRe
         tick_hist: measure::new_hist(),
         latency_hist: measure::new_hist(),
         series: Vec::new(),
+        agents_peak: 0,
         now: 0,
         stop_early: opts.stop_at_first_failure,
     };
@@ -563,7 +568,7 @@ fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedRe
         }
     }
     let beads = w.bead_counts();
-    report.agents = w.agent_count();
+    report.agents = w.agents_peak;
     if cfg.expect.min_closed_fraction > 0.0 && beads.created > 0 {
         let frac = beads.closed as f64 / beads.created as f64;
         if frac < cfg.expect.min_closed_fraction {
