@@ -150,23 +150,39 @@ pub fn forge_side(town: &TownHost, forge: &Forge, prs: &[PrRecord], external: &B
 }
 
 /// Session side, any time: a session's initial prompt appears once.
-pub fn initial_prompt_once(c: &Container) -> Vec<Violation> {
-    let mut out = Vec::new();
-    for s in c.statuses() {
-        let turns = c.session_turns(&s.agent_id);
-        let Some(first) = turns.first() else { continue };
-        if first.role != session::TurnRole::User {
-            continue;
+///
+/// Checked every simulated minute for every agent, most of them idle for
+/// hours, so an agent whose session has not changed since its last check
+/// is not read again (opening each database was a tenth of a seed's cost).
+#[derive(Debug, Default)]
+pub struct InitialPromptOnce {
+    checked: BTreeMap<String, (Option<String>, session::Fingerprint)>,
+}
+
+impl InitialPromptOnce {
+    pub fn check(&mut self, c: &Container) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for s in c.statuses() {
+            let key = c.session_key(&s.agent_id);
+            if self.checked.get(&s.agent_id) == Some(&key) {
+                continue;
+            }
+            self.checked.insert(s.agent_id.clone(), key);
+            out.extend(duplicate_initial_prompt(&s.agent_id, &c.session_turns(&s.agent_id)));
         }
-        let n = turns.iter().filter(|t| t.role == session::TurnRole::User && t.text == first.text).count();
-        if n > 1 {
-            out.push(v(
-                "no_duplicate_initial_prompt",
-                format!("agent {} session {} holds its initial prompt {n} times", s.agent_id, first.session_id),
-            ));
-        }
+        out
     }
-    out
+}
+
+fn duplicate_initial_prompt(agent_id: &str, turns: &[session::Turn]) -> Option<Violation> {
+    let first = turns.first().filter(|t| t.role == session::TurnRole::User)?;
+    let n = turns.iter().filter(|t| t.role == session::TurnRole::User && t.text == first.text).count();
+    (n > 1).then(|| {
+        v(
+            "no_duplicate_initial_prompt",
+            format!("agent {agent_id} session {} holds its initial prompt {n} times", first.session_id),
+        )
+    })
 }
 
 fn snapshot_turns(bytes: &[u8], scratch: &Path, session_id: &str) -> Option<usize> {
@@ -575,6 +591,25 @@ mod tests {
         SessionDb::open(&path).unwrap();
         let session::SnapshotRead::Bytes(bytes) = session::read_for_snapshot(&path).unwrap() else { panic!() };
         h.with_town_quietly(|t| t.put_session_snapshot("p1", 1, &bytes)).unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_duplicate_initial_prompt_is_found_once_when_the_session_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ended_session(dir.path(), false).await;
+        let mut oracle = InitialPromptOnce::default();
+        assert!(oracle.check(&c).is_empty());
+        let first = c.session_turns("p1")[0].clone();
+        assert_eq!(first.role, session::TurnRole::User);
+        let db = SessionDb::open(&session::db_path(&dir.path().join("disk"), "p1")).unwrap();
+        db.append(&first.session_id, session::TurnRole::User, &first.text, first.at.plus_ms(1)).unwrap();
+        let v = oracle.check(&c);
+        assert_eq!(names(&v), ["no_duplicate_initial_prompt"], "{v:?}");
+        assert!(v[0].detail.contains("2 times"), "{v:?}");
+        // The same state is not reported again; a further change is read afresh.
+        assert!(oracle.check(&c).is_empty());
+        db.append(&first.session_id, session::TurnRole::User, &first.text, first.at.plus_ms(2)).unwrap();
+        assert!(oracle.check(&c)[0].detail.contains("3 times"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -111,6 +111,7 @@ pub struct World {
     /// The most agents the town held at any series sample (GC may leave
     /// none at the end, so the end count would understate the town).
     agents_peak: u64,
+    initial_prompt_once: oracles::InitialPromptOnce,
     pub(crate) now: u64,
     stop_early: bool,
 }
@@ -464,6 +465,7 @@ fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedRe
         latency_hist: measure::new_hist(),
         series: Vec::new(),
         agents_peak: 0,
+        initial_prompt_once: oracles::InitialPromptOnce::default(),
         now: 0,
         stop_early: opts.stop_at_first_failure,
     };
@@ -522,7 +524,7 @@ fn run_seed_unguarded(cfg: &WorldConfig, seed: u64, opts: &RunOptions) -> SeedRe
             next_prompt = now + 60_000;
             let c = lock(&sh.container).container.clone();
             if let (Some(c), Box_::Up) = (c, w.container) {
-                for v in oracles::initial_prompt_once(&c) {
+                for v in w.initial_prompt_once.check(&c) {
                     w.violation(now, v);
                 }
             }

@@ -322,6 +322,14 @@ impl Container {
         self.st().agents.values().map(AgentRecord::process_status).collect()
     }
 
+    /// Everything `session_turns(agent_id)` depends on: the session the
+    /// container runs for the agent and its database's fingerprint. Equal
+    /// keys give equal turns, so an inspector can skip an unchanged session.
+    pub fn session_key(&self, agent_id: &str) -> (Option<String>, session::Fingerprint) {
+        let current = self.st().agents.get(agent_id).and_then(|r| r.session_id.clone());
+        (current, session::fingerprint(&session::db_path(&self.inner.config.data_dir, agent_id)))
+    }
+
     /// The turns of an agent's current (else latest) session, read from its session database.
     pub fn session_turns(&self, agent_id: &str) -> Vec<session::Turn> {
         let path = session::db_path(&self.inner.config.data_dir, agent_id);

@@ -296,12 +296,64 @@ pub fn read_for_snapshot(path: &Path) -> Result<SnapshotRead, SessionError> {
         .map_err(|source| SessionError::Io { path: path.display().to_string(), source })
 }
 
+/// What a reader of a session database depends on: the main file's bytes,
+/// the WAL's bytes and whether the shared-memory index exists (a read-only
+/// open behaves differently without it). Two equal fingerprints of the same
+/// path read the same, so an inspector that polls many idle sessions can
+/// compare fingerprints instead of opening each database; comparing bytes
+/// rather than sizes or mtimes keeps that exact (a restarted WAL can reach
+/// its old size, and mtimes are coarse).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    main: Option<Vec<u8>>,
+    wal: Option<Vec<u8>>,
+    shm: bool,
+}
+
+/// The fingerprint of the database at `path`; a file that cannot be read
+/// counts as missing (the reader would fail on it the same way).
+pub fn fingerprint(path: &Path) -> Fingerprint {
+    let [wal, shm] = sidecars(path);
+    Fingerprint { main: std::fs::read(path).ok(), wal: std::fs::read(wal).ok(), shm: shm.exists() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tmp() -> tempfile::TempDir {
         tempfile::tempdir().expect("tempdir")
+    }
+
+    #[test]
+    fn a_fingerprint_changes_with_every_write_and_not_with_reads() {
+        let dir = tmp();
+        let path = db_path(dir.path(), "a1");
+        assert_eq!(fingerprint(&path), Fingerprint::default(), "no database yet");
+        let db = SessionDb::open(&path).unwrap();
+        let s = db.new_session(Timestamp(1)).unwrap();
+        db.append(&s, TurnRole::User, "hello", Timestamp(2)).unwrap();
+        let before = fingerprint(&path);
+        SessionDb::open_read_only(&path).unwrap().turns(&s).unwrap();
+        assert_eq!(fingerprint(&path), before, "a read-only inspection changes nothing");
+        db.append(&s, TurnRole::User, "hello", Timestamp(3)).unwrap();
+        let appended = fingerprint(&path);
+        assert_ne!(appended, before);
+        // A checkpoint empties the WAL; the next write starts it again from
+        // its first frame, and the fingerprint still tells the states apart.
+        assert!(checkpoint(&path).unwrap().complete());
+        let checkpointed = fingerprint(&path);
+        assert_ne!(checkpointed, appended);
+        db.append(&s, TurnRole::Assistant, "hi", Timestamp(4)).unwrap();
+        assert_ne!(fingerprint(&path), checkpointed);
+        // Snapshot bytes installed in place of the database.
+        let SnapshotRead::Bytes(bytes) = read_for_snapshot(&path).unwrap() else { panic!("no snapshot") };
+        let other = db_path(dir.path(), "a2");
+        install_snapshot(&other, &bytes).unwrap();
+        let installed = fingerprint(&other);
+        assert_ne!(installed, Fingerprint::default());
+        install_snapshot(&other, &bytes[..bytes.len() / 2]).unwrap();
+        assert_ne!(fingerprint(&other), installed);
     }
 
     #[test]
