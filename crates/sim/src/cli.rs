@@ -1,13 +1,13 @@
 //! The scenario commands: run, replay, check, shrink, merge.
 
 use crate::progress::{Mode, Progress};
+use crate::queue::{on_threads, run_groups, Group};
 use gastown_sim::engine::run_scenario_seed;
 use gastown_sim::report::{real_time_factor, write_reports, RunSummary, ScenarioSummary, SeedOutcome};
 use gastown_sim::scenario::Scenario;
 use gastown_sim::trace::first_difference;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The seeds `--seeds` names, both ends included: `N` is `1..=N`, and
@@ -100,32 +100,18 @@ fn run_one(sc: &Scenario, seed: u64, keep_trace: bool) -> Result<SeedOutcome, St
 }
 
 /// Run `seeds` of `sc` on `jobs` worker threads; outcomes in seed order.
-/// Each seed is a whole single-threaded simulation, so threads never share
-/// simulated state; the CLI is the only place that uses them.
 pub(crate) fn run_seeds(
     sc: &Scenario,
     seeds: &[u64],
     jobs: usize,
     progress: &Progress,
 ) -> Result<Vec<SeedOutcome>, String> {
-    let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Result<SeedOutcome, String>>> = Mutex::new(Vec::new());
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::SeqCst);
-        let Some(&seed) = seeds.get(i) else { break };
+    on_threads(seeds, jobs, |&seed| {
         let r = run_one(sc, seed, false);
         progress.seed_done(r.as_ref().ok());
         results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
-    };
-    if jobs <= 1 {
-        work();
-    } else {
-        std::thread::scope(|s| {
-            for _ in 0..jobs.min(seeds.len().max(1)) {
-                s.spawn(work);
-            }
-        });
-    }
+    });
     let mut out = Vec::new();
     for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
         out.push(r?);
@@ -143,6 +129,56 @@ pub struct Outputs<'a> {
     pub progress_every: u64,
 }
 
+/// Every scenario's seeds on one queue of `jobs` threads; each scenario's
+/// line printed (unless `json`) as soon as it and the ones before it are
+/// done. Returns the summaries and, when `detail`, each scenario's outcomes
+/// for the report directory.
+fn run_all(
+    scenarios: &[Scenario],
+    files: &[String],
+    choice: &SeedChoice,
+    jobs: usize,
+    mode: Mode,
+    json: bool,
+    detail: bool,
+) -> Result<(Vec<ScenarioSummary>, Vec<Vec<SeedOutcome>>), ExitCode> {
+    let bars = &indicatif::MultiProgress::new();
+    let groups: Vec<Group<'_>> = scenarios
+        .iter()
+        .zip(files)
+        .map(|(sc, file)| {
+            let seeds = choice.list(sc);
+            let total = seeds.len() as u64;
+            Group {
+                seeds,
+                progress: Box::new(move || {
+                    Progress::new(mode, &sc.name, total, format!("gastown-sim replay {file}")).in_group(bars)
+                }),
+                run: Box::new(move |seed| run_one(sc, seed, false)),
+            }
+        })
+        .collect();
+    let mut summaries = Vec::new();
+    let mut outcomes_kept = Vec::new();
+    let ran = run_groups(&groups, jobs, |g, outcomes| {
+        let summary = ScenarioSummary::from_outcomes(&scenarios[g].name, &files[g], &outcomes);
+        if !json {
+            bars.suspend(|| print_summary(&summary));
+        }
+        if detail {
+            outcomes_kept.push(report_detail(&scenarios[g], &outcomes));
+        }
+        summaries.push(summary);
+    });
+    match ran {
+        Ok(()) => Ok((summaries, outcomes_kept)),
+        Err((g, e)) => {
+            eprintln!("{}: the simulation could not run: {e}", files[g]);
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs<'_>) -> ExitCode {
     let (json, report_dir) = (outputs.json, outputs.report_dir);
     let scenarios = match load_all(paths) {
@@ -150,31 +186,12 @@ pub fn run(paths: &[PathBuf], choice: SeedChoice, jobs: usize, outputs: &Outputs
         Err(code) => return code,
     };
     let started = wall_now();
-    let mut summaries = Vec::new();
-    let mut detail = Vec::new();
-    for (sc, path) in scenarios.iter().zip(paths) {
-        let file = path.display().to_string();
-        let seeds = choice.list(sc);
-        let mode = Mode::choose(json, outputs.progress_every);
-        let progress = Progress::new(mode, &sc.name, seeds.len() as u64, format!("gastown-sim replay {file}"));
-        let outcomes = run_seeds(sc, &seeds, jobs, &progress);
-        progress.finish();
-        let outcomes = match outcomes {
-            Ok(o) => o,
-            Err(e) => {
-                eprintln!("{file}: the simulation could not run: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let summary = ScenarioSummary::from_outcomes(&sc.name, &file, &outcomes);
-        if !json {
-            print_summary(&summary);
-        }
-        if report_dir.is_some() {
-            detail.push(report_detail(sc, &outcomes));
-        }
-        summaries.push(summary);
-    }
+    let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let mode = Mode::choose(json, outputs.progress_every);
+    let (summaries, detail) = match run_all(&scenarios, &files, &choice, jobs, mode, json, report_dir.is_some()) {
+        Ok(done) => done,
+        Err(code) => return code,
+    };
     let run = RunSummary { scenarios: summaries };
     if json {
         out!("{}", serde_json::to_string(&run).unwrap_or_default());

@@ -22,6 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cli;
 mod hunt;
 mod progress;
+mod queue;
 
 #[derive(Parser)]
 #[command(name = "gastown-sim", version, about = "Deterministic simulator for the Gastown control plane")]

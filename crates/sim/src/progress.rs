@@ -66,6 +66,15 @@ impl Progress {
         Progress { bar, lines }
     }
 
+    /// Draw the bar (if any) among `group`'s, for runs that show several
+    /// at once; a hidden one stays hidden.
+    pub fn in_group(self, group: &indicatif::MultiProgress) -> Progress {
+        if !self.bar.is_hidden() {
+            group.add(self.bar.clone());
+        }
+        self
+    }
+
     pub fn hidden() -> Progress {
         Progress::new(Mode::Hidden, "", 0, String::new())
     }
